@@ -1,0 +1,201 @@
+//! Every default value of the schema, in one place, and the built-in config
+//! `asgi-gate run` uses without `-c`.
+//!
+//! | key | default |
+//! | --- | --- |
+//! | `threads` | 1 |
+//! | `admin.address` | 127.0.0.1:9901, no token |
+//! | `upstreams.*.pool` | max_idle 64, max_connections 256, idle_timeout 4s |
+//! | `upstreams.*.connect_timeout` / `read_timeout` | 1s / 30s |
+//! | `upstreams.*.health_check.interval` | 5s |
+//! | `auth.*.leeway` | 0s (set it, e.g. 30s, if issuer clocks drift) |
+//! | `auth.*.strip_authorization` | false |
+//! | `rate_limits.*.burst` | the rate's count |
+//! | `rate_limits.*.max_keys` | 1 000 000 |
+//! | `compression.algorithms` | br, gzip, zstd |
+//! | `compression.min_size` | 1024 |
+//! | `compression.content_types` | application/json, text/*, application/javascript |
+//! | `compression.levels` | gzip 6, br 4, zstd 3 |
+//! | `cors.allow_methods` | GET, HEAD, POST |
+//! | `limits` | max_body 10MiB, max_header_bytes 16KiB, header_timeout 10s |
+//! | `shutdown_grace` | 30s |
+//!
+//! `security_headers` adds only what is written; `compression: true` means
+//! the compression defaults above.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Method;
+
+use crate::types::*;
+
+pub const THREADS: usize = 1;
+pub const ADMIN_ADDRESS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9901);
+pub const SUPERVISED_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 8000);
+pub const POOL_MAX_IDLE: usize = 64;
+pub const POOL_MAX_CONNECTIONS: usize = 256;
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+pub const LEEWAY: Duration = Duration::ZERO;
+pub const RATE_LIMIT_MAX_KEYS: usize = 1_000_000;
+pub const COMPRESSION_ALGORITHMS: [Coding; 3] = [Coding::Br, Coding::Gzip, Coding::Zstd];
+pub const COMPRESSION_MIN_SIZE: u64 = 1024;
+pub const COMPRESSION_CONTENT_TYPES: [&str; 3] =
+    ["application/json", "text/*", "application/javascript"];
+pub const GZIP_LEVEL: u32 = 6;
+pub const BR_LEVEL: u32 = 4;
+pub const ZSTD_LEVEL: u32 = 3;
+pub const MAX_BODY: u64 = 10 * 1024 * 1024;
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// The upstream `asgi-gate run` fills with its workers' sockets.
+pub const SUPERVISED_UPSTREAM: &str = "app";
+
+pub fn admin() -> Admin {
+    Admin {
+        address: ADMIN_ADDRESS,
+        token_env: None,
+        token: None,
+    }
+}
+
+pub fn pool() -> Pool {
+    Pool {
+        max_idle: POOL_MAX_IDLE,
+        max_connections: POOL_MAX_CONNECTIONS,
+        idle_timeout: POOL_IDLE_TIMEOUT,
+    }
+}
+
+/// An upstream with every default and the given sockets.
+pub fn upstream(sockets: Vec<PathBuf>) -> Upstream {
+    Upstream {
+        sockets,
+        pool: pool(),
+        connect_timeout: CONNECT_TIMEOUT,
+        read_timeout: READ_TIMEOUT,
+        health_check: None,
+    }
+}
+
+pub fn level(c: Coding) -> u32 {
+    match c {
+        Coding::Gzip => GZIP_LEVEL,
+        Coding::Br => BR_LEVEL,
+        Coding::Zstd => ZSTD_LEVEL,
+    }
+}
+
+pub fn compression() -> Compression {
+    Compression {
+        algorithms: COMPRESSION_ALGORITHMS.to_vec(),
+        min_size: COMPRESSION_MIN_SIZE,
+        content_types: COMPRESSION_CONTENT_TYPES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        levels: COMPRESSION_ALGORITHMS
+            .iter()
+            .map(|&c| (c, level(c)))
+            .collect(),
+    }
+}
+
+pub fn cors_methods() -> Vec<Method> {
+    vec![Method::GET, Method::HEAD, Method::POST]
+}
+
+pub fn limits() -> Limits {
+    Limits {
+        max_body: MAX_BODY,
+        max_header_bytes: MAX_HEADER_BYTES,
+        header_timeout: HEADER_TIMEOUT,
+    }
+}
+
+fn app_route(path: &str) -> Route {
+    Route {
+        path: path.to_string(),
+        methods: None,
+        target: RouteTarget::Upstream(SUPERVISED_UPSTREAM.to_string()),
+        auth: None,
+        scopes: Vec::new(),
+        rate_limits: Vec::new(),
+        compression: None,
+        cors: RouteCors::Inherit,
+        websocket: None,
+    }
+}
+
+/// The `run` config without `-c`: listen 127.0.0.1:8000, upstream `app` with
+/// no sockets yet (the supervisor fills them in), compression with defaults,
+/// admin on its default address. `source` is empty: there is no file to reload.
+///
+/// Routes are `/` and `/{*rest}`, both to `app`: a matchit catch-all needs at
+/// least one character, so `/{*rest}` alone would answer `/` with 404.
+pub fn supervised_default() -> Config {
+    let mut upstreams = BTreeMap::new();
+    upstreams.insert(SUPERVISED_UPSTREAM.to_string(), upstream(Vec::new()));
+    Config {
+        source: PathBuf::new(),
+        threads: THREADS,
+        listen: vec![Listener {
+            address: SUPERVISED_LISTEN,
+            tls: None,
+        }],
+        admin: admin(),
+        trusted_proxies: Vec::new(),
+        upstreams,
+        auth: BTreeMap::new(),
+        revocation: None,
+        rate_limits: BTreeMap::new(),
+        compression: Some(compression()),
+        cors: None,
+        allowed_hosts: None,
+        https_redirect: false,
+        security_headers: None,
+        limits: limits(),
+        shutdown_grace: SHUTDOWN_GRACE,
+        routes: vec![app_route("/"), app_route("/{*rest}")],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_default_matches_public_constant() {
+        assert_eq!(ADMIN_ADDRESS.to_string(), DEFAULT_ADMIN_ADDRESS);
+    }
+
+    #[test]
+    fn supervised_default_routes_slash_too() {
+        let c = supervised_default();
+        let mut r = matchit::Router::new();
+        for (i, route) in c.routes.iter().enumerate() {
+            r.insert(route.path.as_str(), i).unwrap();
+        }
+        assert_eq!(*r.at("/").unwrap().value, 0);
+        assert_eq!(*r.at("/x/y").unwrap().value, 1);
+        assert!(c.upstreams["app"].sockets.is_empty());
+        assert_eq!(c.listen[0].address.to_string(), "127.0.0.1:8000");
+        assert!(c.compression.is_some());
+    }
+
+    #[test]
+    fn catch_all_does_not_match_slash() {
+        // Why supervised_default has a `/` route.
+        let mut r = matchit::Router::new();
+        r.insert("/{*rest}", ()).unwrap();
+        assert!(r.at("/").is_err());
+    }
+}

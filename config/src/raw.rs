@@ -1,0 +1,243 @@
+//! The YAML schema exactly as users write it: serde structs that reject
+//! unknown keys. Nothing here is checked beyond its YAML type; `validate`
+//! turns these into the checked `types`. Each top-level section (and each
+//! entry of `upstreams`, `auth`, `rate_limits`, `listen`, `routes`) is
+//! deserialized on its own so that one bad entry does not hide the others.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize as DeriveDeserialize;
+
+use crate::units::{Dur, RateV, Size};
+
+/// Every top-level key, in the order the design document lists them.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "threads",
+    "listen",
+    "admin",
+    "trusted_proxies",
+    "upstreams",
+    "auth",
+    "revocation",
+    "rate_limits",
+    "compression",
+    "cors",
+    "allowed_hosts",
+    "https_redirect",
+    "security_headers",
+    "limits",
+    "routes",
+    "shutdown_grace",
+];
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: String,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: Option<String>,
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub sockets: Option<Vec<String>>,
+    pub pool: Option<RawPool>,
+    pub connect_timeout: Option<Dur>,
+    pub read_timeout: Option<Dur>,
+    pub health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub max_idle: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub idle_timeout: Option<Dur>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: String,
+    pub interval: Option<Dur>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub algorithms: Vec<String>,
+    pub secret_env: Option<String>,
+    pub public_key_file: Option<String>,
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<OneOrMany>,
+    pub leeway: Option<Dur>,
+    pub forward_claims: Option<OrderedMap>,
+    pub strip_authorization: Option<bool>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRevocation {
+    pub persist_file: Option<String>,
+    pub redis: Option<String>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub key: String,
+    pub rate: RateV,
+    pub burst: Option<u32>,
+    pub headers: Option<bool>,
+    pub shared: Option<bool>,
+    pub max_keys: Option<usize>,
+}
+
+/// `compression:` is this mapping (or `true` / `false`, handled by `validate`).
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompression {
+    pub algorithms: Option<Vec<String>>,
+    pub min_size: Option<Size>,
+    pub content_types: Option<Vec<String>>,
+    pub levels: Option<RawLevels>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLevels {
+    pub gzip: Option<i64>,
+    pub br: Option<i64>,
+    pub zstd: Option<i64>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allow_origins: Option<Vec<String>>,
+    pub allow_methods: Option<Vec<String>>,
+    pub allow_headers: Option<Vec<String>>,
+    pub expose_headers: Option<Vec<String>>,
+    pub allow_credentials: Option<bool>,
+    pub max_age: Option<Dur>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurityHeaders {
+    pub hsts: Option<Dur>,
+    pub content_type_options: Option<String>,
+    pub referrer_policy: Option<String>,
+    pub frame_options: Option<String>,
+    pub remove: Option<Vec<String>>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_body: Option<Size>,
+    pub max_header_bytes: Option<Size>,
+    pub header_timeout: Option<Dur>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: String,
+    pub methods: Option<Vec<String>>,
+    pub upstream: Option<String>,
+    #[serde(rename = "static")]
+    pub static_dir: Option<RawStatic>,
+    pub auth: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub rate_limit: Option<OneOrMany>,
+    pub compression: Option<bool>,
+    /// `false` or a cors mapping; checked by `validate` so that errors inside
+    /// the mapping keep their path.
+    pub cors: Option<serde_yaml::Value>,
+    pub websocket: Option<RawWebSocket>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatic {
+    pub dir: String,
+    pub index: Option<String>,
+    pub cache_control: Option<String>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebSocket {
+    pub max_message: Option<Size>,
+    pub messages_per_second: Option<u32>,
+    pub idle_timeout: Option<Dur>,
+}
+
+/// A string or a list of strings (`audience`, a route's `rate_limit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A string-to-string mapping that keeps file order (`forward_claims`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderedMap(pub Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for OrderedMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OrderedMap;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of names to strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedMap, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    out.push((k, v));
+                }
+                Ok(OrderedMap(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}

@@ -1,0 +1,248 @@
+//! The checked configuration: what the rest of the gate reads. Built only by
+//! validation (`crate::load*`), so every value here has passed its checks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+
+/// Default admin listener address.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this config came from (used in messages and by reload).
+    pub source: PathBuf,
+    /// Runtime worker threads (default 1).
+    pub threads: usize,
+    pub listen: Vec<Listener>,
+    /// Always present: defaults to 127.0.0.1:9901 with no token.
+    pub admin: Admin,
+    pub trusted_proxies: Vec<IpNet>,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub auth: BTreeMap<String, AuthPolicy>,
+    pub revocation: Option<Revocation>,
+    pub rate_limits: BTreeMap<String, RateLimit>,
+    pub compression: Option<Compression>,
+    pub cors: Option<Cors>,
+    /// `None` = any host allowed.
+    pub allowed_hosts: Option<Vec<String>>,
+    pub https_redirect: bool,
+    pub security_headers: Option<SecurityHeaders>,
+    pub limits: Limits,
+    /// How long SIGTERM waits for in-flight requests (`shutdown_grace`, default 30s).
+    pub shutdown_grace: Duration,
+    /// In file order.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+    pub token_env: Option<String>,
+    /// The token read from `token_env` at load time (never logged).
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Worker sockets. Empty only when loaded with `LoadOptions::supervised`
+    /// (the supervisor fills them in).
+    pub sockets: Vec<PathBuf>,
+    pub pool: Pool,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub health_check: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// default 64
+    pub max_idle: usize,
+    /// default 256; a hard cap on open sockets per worker socket
+    pub max_connections: usize,
+    /// default 4s (below uvicorn's 5 s keep-alive)
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// Starts with '/'.
+    pub path: String,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    /// Upper-case JWT algorithm names as written (HS256, RS256, ES256, EdDSA...); never "none".
+    pub algorithms: Vec<String>,
+    pub key: KeySource,
+    pub issuer: Option<String>,
+    pub audience: Vec<String>,
+    pub leeway: Duration,
+    /// claim name -> header name, in file order.
+    pub forward_claims: Vec<(String, HeaderName)>,
+    pub strip_authorization: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// HS*: the secret read from the named environment variable.
+    Secret {
+        env: String,
+        value: String,
+    },
+    PublicKeyFile(PathBuf),
+    JwksFile(PathBuf),
+    JwksUrl(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub persist_file: Option<PathBuf>,
+    pub redis: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    ClientIp,
+    /// `claim:NAME`
+    Claim(String),
+    /// `header:NAME` (lower-case)
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub key: RateKey,
+    pub rate: Rate,
+    /// Defaults to `rate.count`.
+    pub burst: u32,
+    pub headers: bool,
+    pub shared: bool,
+    /// default 1_000_000
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Coding {
+    Br,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone)]
+pub struct Compression {
+    /// Server preference order.
+    pub algorithms: Vec<Coding>,
+    /// default 1024
+    pub min_size: u64,
+    /// e.g. "application/json", "text/*"
+    pub content_types: Vec<String>,
+    pub levels: BTreeMap<Coding, u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cors {
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Vec<Method>,
+    pub allow_headers: Vec<HeaderName>,
+    pub expose_headers: Vec<HeaderName>,
+    pub allow_credentials: bool,
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SecurityHeaders {
+    pub hsts: Option<Duration>,
+    pub content_type_options: Option<String>,
+    pub referrer_policy: Option<String>,
+    pub frame_options: Option<String>,
+    pub remove: Vec<HeaderName>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// default 10 MiB
+    pub max_body: u64,
+    /// default 16 KiB
+    pub max_header_bytes: usize,
+    /// default 10s: total time to receive the request head
+    pub header_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteTarget {
+    Upstream(String),
+    Static(StaticDir),
+}
+
+#[derive(Debug, Clone)]
+pub struct StaticDir {
+    pub dir: PathBuf,
+    pub index: Option<String>,
+    pub cache_control: Option<String>,
+}
+
+/// A route's own CORS setting.
+#[derive(Debug, Clone)]
+pub enum RouteCors {
+    /// Not set: the global `cors:` applies (if any).
+    Inherit,
+    /// `cors: false`
+    Off,
+    Own(Cors),
+}
+
+#[derive(Debug, Clone)]
+pub struct WebSocketOpts {
+    pub max_message: Option<u64>,
+    pub messages_per_second: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// matchit pattern as written, e.g. `/api/{*rest}`.
+    pub path: String,
+    /// `None` = every method.
+    pub methods: Option<Vec<Method>>,
+    pub target: RouteTarget,
+    pub auth: Option<String>,
+    pub scopes: Vec<String>,
+    /// Names of `rate_limits` entries; all must allow.
+    pub rate_limits: Vec<String>,
+    /// `Some(false)` = `compression: false`; `None` = follow the top-level section.
+    pub compression: Option<bool>,
+    pub cors: RouteCors,
+    pub websocket: Option<WebSocketOpts>,
+}
+
+impl Config {
+    /// The config `run` uses without `-c`: listen 127.0.0.1:8000, upstream `app`
+    /// with no sockets yet, one catch-all route, admin on the default address.
+    pub fn supervised_default() -> Config {
+        crate::defaults::supervised_default()
+    }
+}

@@ -1,0 +1,8 @@
+//! asgi-gate policies, one module each. Every function here is pure: it reads
+//! and writes headers, addresses, claims and an injected clock, and knows
+//! nothing about listeners, pools or the runtime, so each is tested on its own.
+#![forbid(unsafe_code)]
+
+pub mod forwarding;
+pub mod limits;
+pub mod request_id;

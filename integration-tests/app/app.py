@@ -1,0 +1,197 @@
+"""FastAPI app used by the integration tests, the demo and the load benches.
+
+Run behind the gate:
+    uvicorn app:app --app-dir integration-tests/app --uds /path/app.sock \
+        --proxy-headers --forwarded-allow-ips '*'
+
+Hit counting (`GET /count`): an app-wide async dependency counts every request
+that reaches an existing endpoint (WebSocket connections count once), except
+/count, /count/reset and /healthz. Requests the router rejects (404, 405) never
+reach a dependency and are not counted, so tests can prove the gate answered a
+request itself.
+"""
+
+import asyncio
+import gzip
+import hashlib
+import json
+import os
+
+from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import HTTPConnection
+
+_UNCOUNTED = frozenset({"/count", "/count/reset", "/healthz"})
+_hits = 0
+
+
+async def _count_hit(conn: HTTPConnection) -> None:
+    # async on purpose: a sync dependency would run in the thread pool.
+    global _hits
+    if conn.scope["path"] not in _UNCOUNTED:
+        _hits += 1
+
+
+app = FastAPI(
+    title="asgi-gate test app",
+    dependencies=[Depends(_count_hit)],
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
+
+
+# About 64 KiB; the same bytes on every call and in every process.
+BIG = [
+    {
+        "id": i,
+        "name": f"item-{i:05d}",
+        "tags": ["alpha", "beta", "gamma"][: 1 + i % 3],
+        "value": (i * 7919) % 100003,
+        "note": "lorem ipsum dolor sit amet " * 2,
+    }
+    for i in range(480)
+]
+BIG_BYTES = json.dumps(BIG, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+# /gzipped is /big compressed once at import (mtime=0 keeps the bytes stable).
+GZIPPED_BYTES = gzip.compress(BIG_BYTES, compresslevel=6, mtime=0)
+
+
+class _Inflight:
+    current = 0
+    max = 0
+
+
+@app.get("/hello")
+async def hello():
+    return {"message": "hello"}
+
+
+@app.get("/healthz")
+async def healthz():
+    return {"ok": True}
+
+
+@app.get("/pid")
+async def pid():
+    return {"pid": os.getpid()}
+
+
+async def _echo(request: Request) -> JSONResponse:
+    body = await request.body()
+    scope = request.scope
+    client = request.client
+    return JSONResponse(
+        {
+            "method": request.method,
+            "path": scope["path"],
+            "raw_path": (scope.get("raw_path") or b"").decode("latin-1"),
+            "query": scope["query_string"].decode("latin-1"),
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+            "client": [client.host, client.port] if client else None,
+            "scheme": scope["scheme"],
+            "http_version": scope["http_version"],
+            "body_bytes": len(body),
+        }
+    )
+
+
+_ECHO_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+app.add_api_route("/echo", _echo, methods=_ECHO_METHODS)
+app.add_api_route("/echo/{rest:path}", _echo, methods=_ECHO_METHODS)
+
+
+@app.get("/big")
+async def big():
+    return Response(content=BIG_BYTES, media_type="application/json")
+
+
+@app.get("/gzipped")
+async def gzipped():
+    return Response(
+        content=GZIPPED_BYTES,
+        media_type="application/json",
+        headers={"Content-Encoding": "gzip"},
+    )
+
+
+@app.get("/sse")
+async def sse():
+    async def events():
+        for i in range(5):
+            if i:
+                await asyncio.sleep(0.2)
+            yield f"data: {i}\n\n".encode()
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+@app.get("/slow")
+async def slow(ms: int = 500):
+    _Inflight.current += 1
+    _Inflight.max = max(_Inflight.max, _Inflight.current)
+    try:
+        await asyncio.sleep(max(ms, 0) / 1000)
+    finally:
+        _Inflight.current -= 1
+    return {"slept_ms": ms, "pid": os.getpid()}
+
+
+@app.get("/concurrency")
+async def concurrency():
+    return {"current": _Inflight.current, "max": _Inflight.max}
+
+
+@app.post("/concurrency/reset")
+async def concurrency_reset():
+    _Inflight.max = _Inflight.current
+    return {"current": _Inflight.current, "max": _Inflight.max}
+
+
+@app.post("/upload")
+async def upload(request: Request):
+    digest = hashlib.sha256()
+    n = 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        digest.update(chunk)
+    return {"bytes": n, "sha256": digest.hexdigest()}
+
+
+@app.get("/count")
+async def count():
+    return {"hits": _hits}
+
+
+@app.post("/count/reset")
+async def count_reset():
+    global _hits
+    _hits = 0
+    return {"hits": 0}
+
+
+# Under /api/ for the auth benches: the gate (or app_stack's middleware) has
+# already verified the token and put the subject in X-Auth-Subject.
+@app.get("/api/hello")
+async def api_hello():
+    return {"message": "hello"}
+
+
+@app.get("/api/whoami")
+async def api_whoami(request: Request):
+    return {"sub": request.headers.get("x-auth-subject")}
+
+
+@app.websocket("/ws/echo")
+async def ws_echo(ws: WebSocket):
+    await ws.accept()
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        if msg.get("text") is not None:
+            await ws.send_text(msg["text"])
+        elif msg.get("bytes") is not None:
+            await ws.send_bytes(msg["bytes"])

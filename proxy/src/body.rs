@@ -1,0 +1,173 @@
+//! The two body types that cross the gate: `RequestBody` (the client's body
+//! on its way to the worker, cut off at `max_body`) and `GateBody` (what the
+//! client receives: the worker's stream or a small body the gate made).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+/// Why a request body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body exceeds the {max}-byte limit")]
+    TooLarge { max: u64 },
+    #[error("client body error: {0}")]
+    Client(#[source] hyper::Error),
+}
+
+/// The client's body, failing once more than `max` bytes arrived. The error
+/// aborts the upstream request, so the worker sees an incomplete body, never
+/// a truncated one that looks whole.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    seen: u64,
+    max: u64,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, max: u64) -> Self {
+        RequestBody {
+            inner: Some(inner),
+            seen: 0,
+            max,
+        }
+    }
+
+    /// No body (the gate's own requests, such as health checks).
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            seen: 0,
+            max: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = match ready!(Pin::new(inner).poll_frame(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(e)) => return Poll::Ready(Some(Err(RequestBodyError::Client(e)))),
+            Some(Ok(f)) => f,
+        };
+        if let Some(data) = frame.data_ref() {
+            self.seen += data.len() as u64;
+            if self.seen > self.max {
+                let max = self.max;
+                return Poll::Ready(Some(Err(RequestBodyError::TooLarge { max })));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Counts requests in flight to one worker; decremented when dropped, which
+/// is when the response body ends or the client goes away.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body: the worker's stream, or a body the gate made itself.
+    #[project = GateBodyProj]
+    pub enum GateBody {
+        Upstream { #[pin] body: Incoming, guard: Option<InFlight> },
+        Full { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl GateBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        GateBody::Full {
+            body: Full::new(bytes.into()),
+        }
+    }
+
+    pub fn empty() -> Self {
+        GateBody::full(Bytes::new())
+    }
+
+    pub fn upstream(body: Incoming, guard: InFlight) -> Self {
+        GateBody::Upstream {
+            body,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Body for GateBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            GateBodyProj::Upstream { body, guard } => {
+                let r = ready!(body.poll_frame(cx));
+                if r.is_none() {
+                    // Release the worker slot as soon as its response is done.
+                    guard.take();
+                }
+                Poll::Ready(r)
+            }
+            GateBodyProj::Full { body } => match ready!(body.poll_frame(cx)) {
+                Some(Ok(f)) => Poll::Ready(Some(Ok(f))),
+                Some(Err(never)) => match never {},
+                None => Poll::Ready(None),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GateBody::Upstream { body, .. } => body.is_end_stream(),
+            GateBody::Full { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GateBody::Upstream { body, .. } => body.size_hint(),
+            GateBody::Full { body } => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The request pipeline: the one place that runs a request through the
+//! gate's policies, in request order. Read top-down, it is the life of a
+//! request; every refusal is a `Reject`, turned into a response by
+//! `reject::response` and nowhere else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use asgi_gate_filters::limits::{self, LimitError};
+use asgi_gate_filters::{forwarding, request_id};
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::{GateBody, InFlight, RequestBody};
+use crate::gate::Gate;
+use crate::reject::{self, Reject};
+use crate::websocket;
+
+/// What the gate knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// "http" or "https": what the worker is told in X-Forwarded-Proto.
+    pub proto: &'static str,
+}
+
+/// Handles one request; never fails: a refusal is a response too.
+pub async fn handle(gate: Arc<Gate>, conn: ConnInfo, mut req: Request<Incoming>) -> Response<GateBody> {
+    let id = request_id::ensure(req.headers_mut());
+    let mut resp = match process(&gate, &conn, req).await {
+        Ok(resp) => resp,
+        Err(rej) => reject::response(&rej),
+    };
+    resp.headers_mut().insert(request_id::X_REQUEST_ID.clone(), id);
+    resp
+}
+
+async fn process(gate: &Gate, conn: &ConnInfo, mut req: Request<Incoming>) -> Result<Response<GateBody>, Reject> {
+    // 1. Size limits on what has arrived so far.
+    limits::check_head(req.method(), req.uri(), req.headers(), gate.limits.max_header_bytes)
+        .map_err(limit_reject)?;
+    limits::check_content_length(req.headers(), gate.limits.max_body).map_err(limit_reject)?;
+
+    // 2. Route: path pattern, then method.
+    let route = gate.router.find(req.uri().path(), req.method())?.clone();
+
+    // 3. Policies (rate limits by IP/header, JWT, revocation, rate limits by
+    //    claim) slot in here, in that order, as they land.
+
+    // 4. What the worker receives.
+    let on_upgrade = websocket::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let client_ip = forwarding::client_ip(conn.peer.ip(), &parts.headers, &gate.trusted_proxies);
+    let host = host_of(&parts);
+    forwarding::strip_hop_by_hop(&mut parts.headers, on_upgrade.is_some());
+    forwarding::set_forwarded(&mut parts.headers, client_ip, conn.proto, host.clone());
+    if !parts.headers.contains_key(header::HOST) {
+        // h2 requests carry :authority instead; uvicorn wants a Host.
+        let host = host.unwrap_or(HeaderValue::from_static("localhost"));
+        parts.headers.insert(header::HOST, host);
+    }
+    let req = Request::from_parts(parts, RequestBody::new(body, gate.limits.max_body));
+
+    // 5. Forward over a pooled connection and stream the answer back.
+    let upstream = gate
+        .upstreams
+        .get(route.upstream)
+        .ok_or(Reject::BadGateway)?;
+    let (resp, in_flight) = upstream.send(req).await?;
+    match on_upgrade {
+        Some(client_side) => websocket::relay(gate, resp, in_flight, client_side),
+        None => Ok(to_client(resp, in_flight)),
+    }
+}
+
+/// The worker's response as the client gets it: hop-by-hop headers removed,
+/// body streamed.
+pub fn to_client(resp: Response<Incoming>, in_flight: InFlight) -> Response<GateBody> {
+    let (mut parts, body) = resp.into_parts();
+    forwarding::strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(parts, GateBody::upstream(body, in_flight))
+}
+
+/// Host header, or the h2 :authority.
+fn host_of(parts: &Parts) -> Option<HeaderValue> {
+    if let Some(h) = parts.headers.get(header::HOST) {
+        return Some(h.clone());
+    }
+    parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+fn limit_reject(e: LimitError) -> Reject {
+    match e {
+        LimitError::HeadersTooLarge { .. } => Reject::HeadersTooLarge,
+        LimitError::BodyTooLarge { .. } => Reject::PayloadTooLarge,
+        LimitError::BadContentLength => Reject::BadRequest("invalid Content-Length"),
+    }
+}

@@ -1,0 +1,124 @@
+//! The one place where a refusal becomes an HTTP response: status, the small
+//! JSON body `{"error", "detail"}` and the standard headers. Nothing else in
+//! the gate builds an error response.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::GateBody;
+
+/// Every way the gate answers a request itself instead of the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    BadRequest(&'static str),
+    NotFound,
+    /// The `Allow` header value: the methods the path does accept.
+    MethodNotAllowed(HeaderValue),
+    PayloadTooLarge,
+    HeadersTooLarge,
+    BadGateway,
+    ServiceUnavailable,
+    GatewayTimeout,
+}
+
+impl Reject {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Reject::NotFound => StatusCode::NOT_FOUND,
+            Reject::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Reject::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reject::BadGateway => StatusCode::BAD_GATEWAY,
+            Reject::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The machine-readable code in the body (design.md "Rejections").
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::BadRequest(_) => "bad_request",
+            Reject::NotFound => "not_found",
+            Reject::MethodNotAllowed(_) => "method_not_allowed",
+            Reject::PayloadTooLarge => "payload_too_large",
+            Reject::HeadersTooLarge => "headers_too_large",
+            Reject::BadGateway => "bad_gateway",
+            Reject::ServiceUnavailable => "service_unavailable",
+            Reject::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
+    fn detail(&self) -> &'static str {
+        match self {
+            Reject::BadRequest(why) => why,
+            Reject::NotFound => "no route matches this path",
+            Reject::MethodNotAllowed(_) => "this path does not accept this method",
+            Reject::PayloadTooLarge => "request body is larger than the gate accepts",
+            Reject::HeadersTooLarge => "request headers are larger than the gate accepts",
+            Reject::BadGateway => "the application is not reachable",
+            Reject::ServiceUnavailable => "the application is busy; retry later",
+            Reject::GatewayTimeout => "the application did not answer in time",
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    detail: &'a str,
+}
+
+/// The response for a rejection. The caller adds `X-Request-Id`.
+pub fn response(rej: &Reject) -> Response<GateBody> {
+    let body = serde_json::to_vec(&ErrorBody {
+        error: rej.code(),
+        detail: rej.detail(),
+    })
+    .unwrap_or_default();
+    let mut resp = Response::new(GateBody::full(body));
+    *resp.status_mut() = rej.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Reject::MethodNotAllowed(allow) = rej {
+        h.insert(header::ALLOW, allow.clone());
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn json_body_and_headers() {
+        let resp = response(&Reject::MethodNotAllowed(HeaderValue::from_static("GET, HEAD")));
+        assert_eq!(resp.status(), 405);
+        assert_eq!(resp.headers()["allow"], "GET, HEAD");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "method_not_allowed");
+        assert!(v["detail"].as_str().unwrap().contains("method"));
+    }
+
+    #[test]
+    fn every_code_has_its_status() {
+        for (r, s) in [
+            (Reject::BadRequest("x"), 400),
+            (Reject::NotFound, 404),
+            (Reject::PayloadTooLarge, 413),
+            (Reject::HeadersTooLarge, 431),
+            (Reject::BadGateway, 502),
+            (Reject::ServiceUnavailable, 503),
+            (Reject::GatewayTimeout, 504),
+        ] {
+            assert_eq!(response(&r).status(), s, "{}", r.code());
+        }
+    }
+}

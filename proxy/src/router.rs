@@ -1,0 +1,201 @@
+//! Request routing: matchit decides which path pattern matches (static >
+//! `{param}` > `{*catch_all}`, not file order), then the routes that share
+//! that pattern are told apart by method.
+
+use std::sync::Arc;
+
+use asgi_gate_config::{Route, RouteTarget};
+use http::{HeaderValue, Method};
+
+use crate::reject::Reject;
+
+/// A route as the pipeline uses it.
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub conf: Route,
+    /// Index into the gate's upstream list.
+    pub upstream: usize,
+}
+
+/// All routes registered under one path pattern.
+#[derive(Debug)]
+struct Group {
+    routes: Vec<Arc<RouteEntry>>,
+    allow: HeaderValue,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    inner: matchit::Router<usize>,
+    groups: Vec<Group>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("route {path}: {source}")]
+    Insert {
+        path: String,
+        source: matchit::InsertError,
+    },
+    #[error("route {0}: unknown upstream")]
+    UnknownUpstream(String),
+}
+
+fn allows(route: &Route, method: &Method) -> bool {
+    match &route.methods {
+        None => true,
+        // A GET route answers HEAD too, as Starlette and nginx do.
+        Some(ms) => ms.iter().any(|m| m == method || (*m == Method::GET && method == Method::HEAD)),
+    }
+}
+
+fn allow_header(routes: &[Arc<RouteEntry>]) -> HeaderValue {
+    let mut names: Vec<&str> = Vec::new();
+    for r in routes {
+        match &r.conf.methods {
+            None => return HeaderValue::from_static("*"),
+            Some(ms) => {
+                for m in ms {
+                    names.push(m.as_str());
+                    if *m == Method::GET {
+                        names.push("HEAD");
+                    }
+                }
+            }
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+    HeaderValue::from_str(&names.join(", ")).unwrap_or(HeaderValue::from_static(""))
+}
+
+impl Router {
+    /// Builds the router. `upstream_index` maps an upstream name to its slot.
+    pub fn new(
+        routes: &[Route],
+        upstream_index: impl Fn(&str) -> Option<usize>,
+    ) -> Result<Router, RouterError> {
+        let mut patterns: Vec<(String, Vec<Arc<RouteEntry>>)> = Vec::new();
+        for route in routes {
+            let upstream = match &route.target {
+                RouteTarget::Upstream(name) => upstream_index(name)
+                    .ok_or_else(|| RouterError::UnknownUpstream(route.path.clone()))?,
+                // Static routes are refused before the router is built.
+                RouteTarget::Static(_) => usize::MAX,
+            };
+            let entry = Arc::new(RouteEntry {
+                conf: route.clone(),
+                upstream,
+            });
+            match patterns.iter_mut().find(|(p, _)| *p == route.path) {
+                Some((_, group)) => group.push(entry),
+                None => patterns.push((route.path.clone(), vec![entry])),
+            }
+        }
+        let mut inner = matchit::Router::new();
+        let mut groups = Vec::with_capacity(patterns.len());
+        for (path, routes) in patterns {
+            let id = groups.len();
+            inner
+                .insert(path.clone(), id)
+                .map_err(|source| RouterError::Insert {
+                    path: path.clone(),
+                    source,
+                })?;
+            // `/api/{*rest}` also answers `/api/`, as a prefix location does in
+            // nginx; an explicit route for that path wins.
+            if let Some(idx) = path.rfind("/{*") {
+                if path.ends_with('}') {
+                    let _ = inner.insert(path[..=idx].to_string(), id);
+                }
+            }
+            groups.push(Group {
+                allow: allow_header(&routes),
+                routes,
+            });
+        }
+        Ok(Router { inner, groups })
+    }
+
+    /// The route for this path and method, or the rejection (404/405).
+    pub fn find(&self, path: &str, method: &Method) -> Result<&Arc<RouteEntry>, Reject> {
+        let m = self.inner.at(path).map_err(|_| Reject::NotFound)?;
+        let group = self.groups.get(*m.value).ok_or(Reject::NotFound)?;
+        group
+            .routes
+            .iter()
+            .find(|r| allows(&r.conf, method))
+            .ok_or_else(|| Reject::MethodNotAllowed(group.allow.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use asgi_gate_config::RouteCors;
+
+    fn route(path: &str, methods: Option<&[&str]>, upstream: &str) -> Route {
+        Route {
+            path: path.into(),
+            methods: methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect()),
+            target: RouteTarget::Upstream(upstream.into()),
+            auth: None,
+            scopes: vec![],
+            rate_limits: vec![],
+            compression: None,
+            cors: RouteCors::Inherit,
+            websocket: None,
+        }
+    }
+
+    fn idx(name: &str) -> Option<usize> {
+        match name {
+            "a" => Some(0),
+            "b" => Some(1),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn most_specific_wins_not_file_order() {
+        let r = Router::new(
+            &[
+                route("/{*rest}", None, "a"),
+                route("/api/{*rest}", None, "b"),
+                route("/api/health", None, "a"),
+            ],
+            idx,
+        )
+        .unwrap();
+        assert_eq!(r.find("/api/x", &Method::GET).unwrap().upstream, 1);
+        assert_eq!(r.find("/api/health", &Method::GET).unwrap().upstream, 0);
+        assert_eq!(r.find("/other", &Method::GET).unwrap().upstream, 0);
+        assert_eq!(r.find("/", &Method::GET).unwrap().upstream, 0);
+        assert_eq!(r.find("/api/", &Method::GET).unwrap().upstream, 1);
+    }
+
+    #[test]
+    fn methods_split_one_pattern_and_405_lists_them() {
+        let r = Router::new(
+            &[
+                route("/items", Some(&["GET"]), "a"),
+                route("/items", Some(&["POST", "DELETE"]), "b"),
+            ],
+            idx,
+        )
+        .unwrap();
+        assert_eq!(r.find("/items", &Method::GET).unwrap().upstream, 0);
+        assert_eq!(r.find("/items", &Method::HEAD).unwrap().upstream, 0);
+        assert_eq!(r.find("/items", &Method::POST).unwrap().upstream, 1);
+        match r.find("/items", &Method::PUT) {
+            Err(Reject::MethodNotAllowed(allow)) => assert_eq!(allow, "DELETE, GET, HEAD, POST"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.find("/nope", &Method::GET).unwrap_err(), Reject::NotFound);
+    }
+
+    #[test]
+    fn unknown_upstream_is_an_error() {
+        assert!(Router::new(&[route("/x", None, "zzz")], idx).is_err());
+    }
+}

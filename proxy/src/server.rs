@@ -1,0 +1,213 @@
+//! Listeners and the connection lifecycle: accept, guard the request head
+//! against slow clients, serve HTTP/1.1 and h2c on one port (hyper-util's
+//! auto builder), and drain in-flight requests on SIGTERM/SIGINT.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use asgi_gate_config::Config;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::admin;
+use crate::gate::Gate;
+use crate::pipeline::{self, ConnInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Router(#[from] crate::router::RouterError),
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves until SIGTERM/SIGINT, then drains for up to `shutdown_grace`.
+pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    let gate = Arc::new(Gate::new(&cfg)?);
+    let mut listeners = Vec::with_capacity(cfg.listen.len());
+    for l in &cfg.listen {
+        let listener = bind(l.address).await?;
+        let local = listener.local_addr().unwrap_or(l.address);
+        // Tests and scripts wait for this exact line.
+        eprintln!("asgi-gate: listening on {local}");
+        listeners.push(listener);
+    }
+    let admin_listener = bind(cfg.admin.address).await?;
+    let admin_local = admin_listener.local_addr().unwrap_or(cfg.admin.address);
+    eprintln!("asgi-gate: admin listening on {admin_local}");
+
+    for i in 0..gate.upstreams.len() {
+        tokio::spawn(health_loop(gate.clone(), i));
+    }
+    let admin_task = tokio::spawn(admin::serve(admin_listener, gate.clone(), cfg.admin.clone()));
+
+    let builder = connection_builder(&cfg);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accept_tasks = Vec::new();
+    for listener in listeners {
+        accept_tasks.push(tokio::spawn(accept_loop(
+            listener,
+            gate.clone(),
+            builder.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+            cfg.limits.header_timeout,
+        )));
+    }
+    drop(stop_rx);
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    let _ = stop_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    // The accept loops held the only other references.
+    let drained = match Arc::try_unwrap(graceful) {
+        Ok(g) => tokio::time::timeout(cfg.shutdown_grace, g.shutdown()).await.is_ok(),
+        Err(_) => false,
+    };
+    if !drained {
+        tracing::warn!(grace = ?cfg.shutdown_grace, "requests still in flight after the grace period; closing them");
+    }
+    admin_task.abort();
+    Ok(())
+}
+
+fn connection_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    // hyper answers heads past its own buffer limit with a bare 431; keep that
+    // limit above ours so the usual case gets the gate's JSON 431.
+    let hyper_max = (cfg.limits.max_header_bytes * 2).max(16 * 1024) + 1024;
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.limits.header_timeout)
+        .max_buf_size(hyper_max.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(hyper_max).unwrap_or(u32::MAX));
+    b
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gate = gate.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            if !request_started(&stream, header_timeout).await {
+                return;
+            }
+            let info = ConnInfo {
+                peer,
+                proto: "http",
+            };
+            let svc = service_fn(move |req| {
+                let gate = gate.clone();
+                async move { Ok::<_, Infallible>(pipeline::handle(gate, info, req).await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Waits until the client has sent enough to tell HTTP/1 from h2c, within
+/// `limit`. A connection that sends nothing, or stalls inside the h2
+/// preface, is closed: hyper-util's version detection has no timeout.
+async fn request_started(stream: &TcpStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 24];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(n)) => {
+                if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+                    return true;
+                }
+                // Only a partial h2 preface gets here: wait for the rest.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+async fn health_loop(gate: Arc<Gate>, index: usize) {
+    let Some(up) = gate.upstreams.get(index) else {
+        return;
+    };
+    let every = up
+        .health
+        .as_ref()
+        .map(|h| h.interval)
+        .unwrap_or(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        up.check_health().await;
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Demo: one uvicorn worker on a Unix socket behind asgi-gate on 127.0.0.1:8080.
+# Ctrl-C stops both. PORT / ADMIN_PORT override the ports; GATE_BIN=path uses
+# that binary instead of building target/release/asgi-gate.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PORT="${PORT:-8080}"
+ADMIN_PORT="${ADMIN_PORT:-9901}"
+if [[ -z "${GATE_BIN:-}" ]]; then
+    echo "== building asgi-gate (release)"
+    cargo build --release -p asgi-gate
+    GATE_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/asgi-gate"
+fi
+echo "== python venv"
+bash scripts/setup-python.sh
+
+TMP="$(mktemp -d -t asgi-gate-demo.XXXXXX)"
+SOCK="$TMP/app.sock"
+CONFIG="$TMP/gate.yaml"
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+cat >"$CONFIG" <<EOF
+threads: 1
+listen:
+  - address: 127.0.0.1:$PORT
+admin:
+  address: 127.0.0.1:$ADMIN_PORT
+trusted_proxies: []
+upstreams:
+  app:
+    sockets: [$SOCK]
+    pool: { max_idle: 64, max_connections: 256, idle_timeout: 4s }
+    connect_timeout: 1s
+    read_timeout: 30s
+limits: { max_body: 10MiB, max_header_bytes: 16KiB, header_timeout: 10s }
+routes:
+  - path: /{*rest}
+    upstream: app
+  - path: /
+    upstream: app
+EOF
+
+# Over a Unix socket uvicorn sees no peer address (scope["client"] is None),
+# so no IP or path in --forwarded-allow-ips can match: only '*' makes it read
+# the gate's X-Forwarded-For / X-Forwarded-Proto. The socket's file
+# permissions are what keep anyone else from reaching the worker.
+echo "== starting uvicorn on $SOCK"
+.venv/bin/uvicorn app:app --app-dir integration-tests/app --uds "$SOCK" \
+    --proxy-headers --forwarded-allow-ips '*' >"$TMP/uvicorn.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+    [[ -S "$SOCK" ]] && break
+    kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$TMP/uvicorn.log" >&2; exit 1; }
+    sleep 0.1
+done
+[[ -S "$SOCK" ]] || { echo "uvicorn did not create $SOCK" >&2; cat "$TMP/uvicorn.log" >&2; exit 1; }
+
+echo "== starting asgi-gate -c $CONFIG"
+"$GATE_BIN" -c "$CONFIG" 2>"$TMP/gate.log" &
+GATE_PID=$!
+PIDS+=("$GATE_PID")
+for _ in $(seq 100); do
+    grep -q "listening on 127.0.0.1:$PORT" "$TMP/gate.log" && break
+    kill -0 "$GATE_PID" 2>/dev/null || { cat "$TMP/gate.log" >&2; exit 1; }
+    sleep 0.1
+done
+grep -q "listening on 127.0.0.1:$PORT" "$TMP/gate.log" \
+    || { echo "asgi-gate did not start" >&2; cat "$TMP/gate.log" >&2; exit 1; }
+
+cat <<EOF
+
+asgi-gate is on http://127.0.0.1:$PORT (admin http://127.0.0.1:$ADMIN_PORT), worker on $SOCK
+Try:
+  curl -i http://127.0.0.1:$PORT/hello
+  curl -s 'http://127.0.0.1:$PORT/echo/some/path?x=1' -H 'X-Forwarded-For: 6.6.6.6'   # client = your IP, not 6.6.6.6
+  curl -s -X POST --data-binary @/etc/os-release http://127.0.0.1:$PORT/upload
+  curl -N http://127.0.0.1:$PORT/sse
+  curl -i http://127.0.0.1:$PORT/does-not-exist
+  curl -s http://127.0.0.1:$ADMIN_PORT/metrics | head
+Logs follow (Ctrl-C stops gate and worker):
+EOF
+tail -n +1 -f "$TMP/gate.log" "$TMP/uvicorn.log" &
+PIDS+=($!)
+wait "$GATE_PID"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The one command that runs every test: Python venv, the debug gate binary the
+# integration tests start, then the whole workspace's tests. Extra arguments go
+# to `cargo test`. Exits with cargo test's status.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+bash scripts/setup-python.sh
+cargo build -p asgi-gate
+
+export ASGI_GATE_VENV="$REPO/.venv"
+export ASGI_GATE_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/asgi-gate"
+exec cargo test --workspace "$@"
