@@ -11,7 +11,8 @@ use serde::Deserialize as DeriveDeserialize;
 
 use crate::units::{Dur, RateV, Size};
 
-/// Every top-level key, in the order the design document lists them.
+/// Every top-level key, in the order the design document lists them. Keys
+/// starting with `x-` are also accepted and ignored: they hold YAML anchors.
 pub const TOP_LEVEL_KEYS: &[&str] = &[
     "threads",
     "listen",

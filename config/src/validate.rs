@@ -81,7 +81,7 @@ pub fn load_str(
             ))
         }
     };
-    let doc: Value = match serde_yaml::from_str(text) {
+    let mut doc: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             let pos = e
@@ -99,6 +99,11 @@ pub fn load_str(
             )]));
         }
     };
+    // `<<: *anchor` merges; merged keys are reported at the merging mapping.
+    if let Err(e) = doc.apply_merge() {
+        let msg = format!("YAML merge error: {}", one_line(&e.to_string()));
+        return Err(to_errors(vec![(Pos::START, msg)]));
+    }
     let top = match doc {
         Value::Mapping(m) => m,
         Value::Null => {
@@ -428,6 +433,8 @@ impl Ctx<'_> {
         for (k, _) in top {
             match k.as_str() {
                 Some(k) if TOP_LEVEL_KEYS.contains(&k) => {}
+                // Free for anchors (`x-defaults: &d {...}`), as in docker-compose.
+                Some(k) if k.starts_with("x-") => {}
                 Some(k) => self.at_key(
                     &root().key(k),
                     format!(

@@ -673,3 +673,41 @@ fn file_is_printed_as_given() {
         .to_string()
         .starts_with("/nonexistent/gate.yaml:1:1: cannot read config file"));
 }
+
+#[test]
+fn anchors_and_merge_keys() {
+    let text = "\
+x-upstream: &up
+  sockets: [/run/app.sock]
+  read_timeout: 5s
+listen: [{address: 127.0.0.1:8080}]
+upstreams:
+  app:
+    <<: *up
+    read_timeout: 60s
+  other: *up
+routes:
+  - path: /{*rest}
+    upstream: other
+";
+    let c = load_with(text, LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.upstreams["app"].read_timeout, Duration::from_secs(60));
+    assert_eq!(c.upstreams["other"].read_timeout, Duration::from_secs(5));
+    assert_eq!(c.upstreams["app"].sockets, c.upstreams["other"].sockets);
+}
+
+#[test]
+fn hostile_input_is_an_error_not_a_crash() {
+    let deep = format!("listen: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(errors(&deep).len(), 1);
+    for text in [
+        "\t",
+        "{",
+        "a: *nope\n",
+        "? [a]\n: b\n",
+        "listen: !!binary aGk=\n",
+        "---\n---\n",
+    ] {
+        let _ = load_with(text, LoadOptions::default());
+    }
+}

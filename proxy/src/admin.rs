@@ -63,9 +63,9 @@ fn route(gate: &Gate, req: &Request<Incoming>) -> Response<GateBody> {
                 )
             }
         }
-        (_, "/healthz" | "/readyz") => reject::response(&Reject::MethodNotAllowed(
-            HeaderValue::from_static("GET"),
-        )),
+        (_, "/healthz" | "/readyz") => {
+            reject::response(&Reject::MethodNotAllowed(HeaderValue::from_static("GET")))
+        }
         _ => reject::response(&Reject::NotFound),
     }
 }

@@ -81,7 +81,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
     let runtime = if cfg.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cfg.threads)
@@ -116,18 +118,40 @@ fn not_built_yet(cfg: &Config) -> Vec<(&'static str, &'static str)> {
     flag(!cfg.auth.is_empty(), "auth", "JWT validation");
     flag(cfg.revocation.is_some(), "revocation", "JWT validation");
     flag(!cfg.rate_limits.is_empty(), "rate_limits", "rate limiting");
-    flag(cfg.compression.is_some(), "compression", "response compression");
     flag(
-        cfg.cors.is_some() || cfg.routes.iter().any(|r| matches!(r.cors, RouteCors::Own(_))),
+        cfg.compression.is_some(),
+        "compression",
+        "response compression",
+    );
+    flag(
+        cfg.cors.is_some()
+            || cfg
+                .routes
+                .iter()
+                .any(|r| matches!(r.cors, RouteCors::Own(_))),
         "cors",
         "CORS",
     );
-    flag(cfg.allowed_hosts.is_some(), "allowed_hosts", "host filtering");
-    flag(cfg.https_redirect, "https_redirect", "TLS listeners");
-    flag(cfg.security_headers.is_some(), "security_headers", "security headers");
-    flag(cfg.listen.iter().any(|l| l.tls.is_some()), "listen[].tls", "TLS listeners");
     flag(
-        cfg.routes.iter().any(|r| matches!(r.target, RouteTarget::Static(_))),
+        cfg.allowed_hosts.is_some(),
+        "allowed_hosts",
+        "host filtering",
+    );
+    flag(cfg.https_redirect, "https_redirect", "TLS listeners");
+    flag(
+        cfg.security_headers.is_some(),
+        "security_headers",
+        "security headers",
+    );
+    flag(
+        cfg.listen.iter().any(|l| l.tls.is_some()),
+        "listen[].tls",
+        "TLS listeners",
+    );
+    flag(
+        cfg.routes
+            .iter()
+            .any(|r| matches!(r.target, RouteTarget::Static(_))),
         "routes[].static",
         "static files",
     );

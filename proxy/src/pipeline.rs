@@ -27,20 +27,34 @@ pub struct ConnInfo {
 }
 
 /// Handles one request; never fails: a refusal is a response too.
-pub async fn handle(gate: Arc<Gate>, conn: ConnInfo, mut req: Request<Incoming>) -> Response<GateBody> {
+pub async fn handle(
+    gate: Arc<Gate>,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<GateBody> {
     let id = request_id::ensure(req.headers_mut());
     let mut resp = match process(&gate, &conn, req).await {
         Ok(resp) => resp,
         Err(rej) => reject::response(&rej),
     };
-    resp.headers_mut().insert(request_id::X_REQUEST_ID.clone(), id);
+    resp.headers_mut()
+        .insert(request_id::X_REQUEST_ID.clone(), id);
     resp
 }
 
-async fn process(gate: &Gate, conn: &ConnInfo, mut req: Request<Incoming>) -> Result<Response<GateBody>, Reject> {
+async fn process(
+    gate: &Gate,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Result<Response<GateBody>, Reject> {
     // 1. Size limits on what has arrived so far.
-    limits::check_head(req.method(), req.uri(), req.headers(), gate.limits.max_header_bytes)
-        .map_err(limit_reject)?;
+    limits::check_head(
+        req.method(),
+        req.uri(),
+        req.headers(),
+        gate.limits.max_header_bytes,
+    )
+    .map_err(limit_reject)?;
     limits::check_content_length(req.headers(), gate.limits.max_body).map_err(limit_reject)?;
 
     // 2. Route: path pattern, then method.

@@ -97,7 +97,9 @@ mod tests {
 
     #[tokio::test]
     async fn json_body_and_headers() {
-        let resp = response(&Reject::MethodNotAllowed(HeaderValue::from_static("GET, HEAD")));
+        let resp = response(&Reject::MethodNotAllowed(HeaderValue::from_static(
+            "GET, HEAD",
+        )));
         assert_eq!(resp.status(), 405);
         assert_eq!(resp.headers()["allow"], "GET, HEAD");
         assert_eq!(resp.headers()["content-type"], "application/json");

@@ -45,7 +45,9 @@ fn allows(route: &Route, method: &Method) -> bool {
     match &route.methods {
         None => true,
         // A GET route answers HEAD too, as Starlette and nginx do.
-        Some(ms) => ms.iter().any(|m| m == method || (*m == Method::GET && method == Method::HEAD)),
+        Some(ms) => ms
+            .iter()
+            .any(|m| m == method || (*m == Method::GET && method == Method::HEAD)),
     }
 }
 

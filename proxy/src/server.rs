@@ -56,7 +56,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     for i in 0..gate.upstreams.len() {
         tokio::spawn(health_loop(gate.clone(), i));
     }
-    let admin_task = tokio::spawn(admin::serve(admin_listener, gate.clone(), cfg.admin.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        gate.clone(),
+        cfg.admin.clone(),
+    ));
 
     let builder = connection_builder(&cfg);
     let graceful = Arc::new(GracefulShutdown::new());
@@ -82,7 +86,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     // The accept loops held the only other references.
     let drained = match Arc::try_unwrap(graceful) {
-        Ok(g) => tokio::time::timeout(cfg.shutdown_grace, g.shutdown()).await.is_ok(),
+        Ok(g) => tokio::time::timeout(cfg.shutdown_grace, g.shutdown())
+            .await
+            .is_ok(),
         Err(_) => false,
     };
     if !drained {

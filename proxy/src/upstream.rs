@@ -112,8 +112,7 @@ impl tower_service::Service<Uri> for UdsConnector {
         let me = self.clone();
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + me.connect_timeout;
-            let permit = match tokio::time::timeout_at(deadline, me.permits.acquire_owned()).await
-            {
+            let permit = match tokio::time::timeout_at(deadline, me.permits.acquire_owned()).await {
                 Ok(Ok(p)) => p,
                 _ => return Err(ConnectError::PoolFull(me.max)),
             };
@@ -243,7 +242,9 @@ impl Upstream {
             if let Some(be) = err.downcast_ref::<RequestBodyError>() {
                 return match be {
                     RequestBodyError::TooLarge { .. } => Reject::PayloadTooLarge,
-                    RequestBodyError::Client(_) => Reject::BadRequest("the request body was cut off or malformed"),
+                    RequestBodyError::Client(_) => {
+                        Reject::BadRequest("the request body was cut off or malformed")
+                    }
                 };
             }
             source = err.source();
