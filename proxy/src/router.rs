@@ -104,17 +104,21 @@ impl Router {
                     path: path.clone(),
                     source,
                 })?;
-            // `/api/{*rest}` also answers `/api/`, as a prefix location does in
-            // nginx; an explicit route for that path wins.
-            if let Some(idx) = path.rfind("/{*") {
-                if path.ends_with('}') {
-                    let _ = inner.insert(path[..=idx].to_string(), id);
-                }
-            }
             groups.push(Group {
                 allow: allow_header(&routes),
                 routes,
             });
+        }
+        // `/api/{*rest}` also answers `/api/`, as a prefix location does in
+        // nginx. Added after every explicit pattern, so an explicit route for
+        // that path wins and the alias is silently skipped.
+        for (id, group) in groups.iter().enumerate() {
+            let path = &group.routes[0].conf.path;
+            if let Some(idx) = path.rfind("/{*") {
+                if path.ends_with('}') {
+                    let _ = inner.insert(&path[..=idx], id);
+                }
+            }
         }
         Ok(Router { inner, groups })
     }
@@ -194,6 +198,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(r.find("/nope", &Method::GET).unwrap_err(), Reject::NotFound);
+    }
+
+    #[test]
+    fn explicit_root_route_wins_over_catch_all_alias() {
+        let r = Router::new(&[route("/{*rest}", None, "a"), route("/", None, "b")], idx).unwrap();
+        assert_eq!(r.find("/", &Method::GET).unwrap().upstream, 1);
+        assert_eq!(r.find("/x", &Method::GET).unwrap().upstream, 0);
     }
 
     #[test]
