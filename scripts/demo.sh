@@ -46,9 +46,10 @@ upstreams:
     read_timeout: 30s
 limits: { max_body: 10MiB, max_header_bytes: 16KiB, header_timeout: 10s }
 routes:
-  - path: /{*rest}
+  - path: /hello
+    methods: [GET]
     upstream: app
-  - path: /
+  - path: /{*rest}
     upstream: app
 EOF
 
@@ -87,8 +88,9 @@ Try:
   curl -s 'http://127.0.0.1:$PORT/echo/some/path?x=1' -H 'X-Forwarded-For: 6.6.6.6'   # client = your IP, not 6.6.6.6
   curl -s -X POST --data-binary @/etc/os-release http://127.0.0.1:$PORT/upload
   curl -N http://127.0.0.1:$PORT/sse
-  curl -i http://127.0.0.1:$PORT/does-not-exist
-  curl -s http://127.0.0.1:$ADMIN_PORT/metrics | head
+  curl -i -X DELETE http://127.0.0.1:$PORT/hello          # 405 from the gate, with Allow
+  curl -s --http2-prior-knowledge http://127.0.0.1:$PORT/echo   # h2c on the same port
+  curl -s http://127.0.0.1:$ADMIN_PORT/readyz
 Logs follow (Ctrl-C stops gate and worker):
 EOF
 tail -n +1 -f "$TMP/gate.log" "$TMP/uvicorn.log" &
