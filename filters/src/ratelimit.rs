@@ -966,6 +966,27 @@ mod tests {
     }
 
     #[test]
+    fn max_keys_holds_under_concurrent_floods() {
+        let mut p = per_sec(1);
+        p.max_keys = 100;
+        let (l, _clock) = limit("per_ip", p);
+        let threads = 4u32;
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let l = &l;
+                s.spawn(move || {
+                    for i in 0..10_000u32 {
+                        let _ = l.check(&Key::V4(t << 24 | i));
+                    }
+                });
+            }
+        });
+        assert!(l.len() >= 100);
+        assert!(l.len() <= 100 + threads as usize, "{}", l.len());
+        assert_eq!(l.overflow_checks(), 40_000 - l.len() as u64);
+    }
+
+    #[test]
     fn housekeeping_forgets_idle_keys_and_shrinks() {
         let (l, clock) = limit("per_ip", per_sec(10));
         for i in 0..5000u32 {
