@@ -5,4 +5,5 @@
 
 pub mod forwarding;
 pub mod limits;
+pub mod ratelimit;
 pub mod request_id;
