@@ -45,6 +45,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 pub const LEEWAY: Duration = Duration::ZERO;
 pub const RATE_LIMIT_MAX_KEYS: usize = 1_000_000;
+pub const RATE_LIMIT_IPV6_PREFIX: u8 = 64;
 pub const COMPRESSION_ALGORITHMS: [Coding; 3] = [Coding::Br, Coding::Gzip, Coding::Zstd];
 pub const COMPRESSION_MIN_SIZE: u64 = 1024;
 pub const COMPRESSION_CONTENT_TYPES: [&str; 3] =

@@ -109,6 +109,7 @@ pub struct RawRateLimit {
     pub headers: Option<bool>,
     pub shared: Option<bool>,
     pub max_keys: Option<usize>,
+    pub ipv6_prefix: Option<u8>,
 }
 
 /// `compression:` is this mapping (or `true` / `false`, handled by `validate`).

@@ -143,6 +143,9 @@ pub struct RateLimit {
     pub shared: bool,
     /// default 1_000_000
     pub max_keys: usize,
+    /// IPv6 clients are keyed by this prefix (default /64), so one host
+    /// cannot dodge a per-IP limit by rotating addresses.
+    pub ipv6_prefix: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

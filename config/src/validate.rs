@@ -1051,6 +1051,19 @@ impl Ctx<'_> {
             if max_keys == 0 {
                 self.at_value(&p.key("max_keys"), "max_keys must be at least 1");
             }
+            let ipv6_prefix = raw.ipv6_prefix.unwrap_or(defaults::RATE_LIMIT_IPV6_PREFIX);
+            if ipv6_prefix > 128 {
+                self.at_value(
+                    &p.key("ipv6_prefix"),
+                    "ipv6_prefix is a prefix length, 0 to 128",
+                );
+            }
+            if !name.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                self.at_key(
+                    &p,
+                    "rate limit names are printable ASCII (they appear in RateLimit headers)",
+                );
+            }
             let shared = raw.shared.unwrap_or(false);
             if shared && !has_redis {
                 self.at_value(
@@ -1068,6 +1081,7 @@ impl Ctx<'_> {
                         headers: raw.headers.unwrap_or(false),
                         shared,
                         max_keys,
+                        ipv6_prefix,
                     },
                 );
             }

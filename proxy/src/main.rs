@@ -117,7 +117,11 @@ fn not_built_yet(cfg: &Config) -> Vec<(&'static str, &'static str)> {
     };
     flag(!cfg.auth.is_empty(), "auth", "JWT validation");
     flag(cfg.revocation.is_some(), "revocation", "JWT validation");
-    flag(!cfg.rate_limits.is_empty(), "rate_limits", "rate limiting");
+    flag(
+        cfg.rate_limits.values().any(|l| l.shared),
+        "rate_limits.*.shared",
+        "Redis-shared limits",
+    );
     flag(
         cfg.compression.is_some(),
         "compression",

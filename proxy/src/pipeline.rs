@@ -3,12 +3,13 @@
 //! request; every refusal is a `Reject`, turned into a response by
 //! `reject::response` and nowhere else.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use asgi_gate_filters::limits::{self, LimitError};
+use asgi_gate_filters::ratelimit::{self, RateLimit};
 use asgi_gate_filters::{forwarding, request_id};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -59,14 +60,22 @@ async fn process(
 
     // 2. Route: path pattern, then method.
     let route = gate.router.find(req.uri().path(), req.method())?.clone();
+    let client_ip = forwarding::client_ip(conn.peer.ip(), req.headers(), &gate.trusted_proxies);
 
-    // 3. Policies (rate limits by IP/header, JWT, revocation, rate limits by
-    //    claim) slot in here, in that order, as they land.
+    // 3. Rate limits keyed by client IP or header, before any token work.
+    let mut limit_headers = HeaderMap::new();
+    rate_limit(
+        &route.limits_before_auth,
+        client_ip,
+        req.headers(),
+        &mut limit_headers,
+    )?;
 
-    // 4. What the worker receives.
+    // 4. JWT, revocation and the limits keyed by claims slot in here.
+
+    // 5. What the worker receives.
     let on_upgrade = websocket::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let client_ip = forwarding::client_ip(conn.peer.ip(), &parts.headers, &gate.trusted_proxies);
     let host = host_of(&parts);
     forwarding::strip_hop_by_hop(&mut parts.headers, on_upgrade.is_some());
     forwarding::set_forwarded(&mut parts.headers, client_ip, conn.proto, host.clone());
@@ -77,16 +86,39 @@ async fn process(
     }
     let req = Request::from_parts(parts, RequestBody::new(body, gate.limits.max_body));
 
-    // 5. Forward over a pooled connection and stream the answer back.
+    // 6. Forward over a pooled connection and stream the answer back.
     let upstream = gate
         .upstreams
         .get(route.upstream)
         .ok_or(Reject::BadGateway)?;
     let (resp, in_flight) = upstream.send(req).await?;
-    match on_upgrade {
-        Some(client_side) => websocket::relay(gate, resp, in_flight, client_side),
-        None => Ok(to_client(resp, in_flight)),
+    let mut resp = match on_upgrade {
+        Some(client_side) => websocket::relay(gate, resp, in_flight, client_side)?,
+        None => to_client(resp, in_flight),
+    };
+
+    // 7. Response headers the policies asked for.
+    if !limit_headers.is_empty() {
+        resp.headers_mut().extend(limit_headers);
     }
+    Ok(resp)
+}
+
+/// All the limits must allow; the first that refuses answers 429.
+fn rate_limit(
+    limits: &[Arc<RateLimit>],
+    client_ip: IpAddr,
+    headers: &HeaderMap,
+    allowed_headers: &mut HeaderMap,
+) -> Result<(), Reject> {
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let checks = limits
+        .iter()
+        .map(|l| (&**l, l.key_for(client_ip, headers, |_| None)));
+    ratelimit::check_all(checks, allowed_headers)
+        .map_err(|refused| Reject::RateLimited(Box::new(refused.headers())))
 }
 
 /// The worker's response as the client gets it: hop-by-hop headers removed,

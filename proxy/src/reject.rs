@@ -2,7 +2,7 @@
 //! JSON body `{"error", "detail"}` and the standard headers. Nothing else in
 //! the gate builds an error response.
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::GateBody;
@@ -16,6 +16,8 @@ pub enum Reject {
     MethodNotAllowed(HeaderValue),
     PayloadTooLarge,
     HeadersTooLarge,
+    /// `Retry-After`, `RateLimit-Policy`, `RateLimit` of the limit that refused.
+    RateLimited(Box<[(HeaderName, HeaderValue); 3]>),
     BadGateway,
     ServiceUnavailable,
     GatewayTimeout,
@@ -29,6 +31,7 @@ impl Reject {
             Reject::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Reject::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reject::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Reject::BadGateway => StatusCode::BAD_GATEWAY,
             Reject::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reject::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -43,6 +46,7 @@ impl Reject {
             Reject::MethodNotAllowed(_) => "method_not_allowed",
             Reject::PayloadTooLarge => "payload_too_large",
             Reject::HeadersTooLarge => "headers_too_large",
+            Reject::RateLimited(_) => "rate_limited",
             Reject::BadGateway => "bad_gateway",
             Reject::ServiceUnavailable => "service_unavailable",
             Reject::GatewayTimeout => "gateway_timeout",
@@ -56,6 +60,7 @@ impl Reject {
             Reject::MethodNotAllowed(_) => "this path does not accept this method",
             Reject::PayloadTooLarge => "request body is larger than the gate accepts",
             Reject::HeadersTooLarge => "request headers are larger than the gate accepts",
+            Reject::RateLimited(_) => "too many requests; retry after the time in Retry-After",
             Reject::BadGateway => "the application is not reachable",
             Reject::ServiceUnavailable => "the application is busy; retry later",
             Reject::GatewayTimeout => "the application did not answer in time",
@@ -84,8 +89,16 @@ pub fn response(rej: &Reject) -> Response<GateBody> {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Reject::MethodNotAllowed(allow) = rej {
-        h.insert(header::ALLOW, allow.clone());
+    match rej {
+        Reject::MethodNotAllowed(allow) => {
+            h.insert(header::ALLOW, allow.clone());
+        }
+        Reject::RateLimited(headers) => {
+            for (name, value) in headers.iter() {
+                h.insert(name.clone(), value.clone());
+            }
+        }
+        _ => {}
     }
     resp
 }

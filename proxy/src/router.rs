@@ -5,16 +5,31 @@
 use std::sync::Arc;
 
 use asgi_gate_config::{Route, RouteTarget};
+use asgi_gate_filters::ratelimit::RateLimit;
 use http::{HeaderValue, Method};
 
 use crate::reject::Reject;
 
 /// A route as the pipeline uses it.
-#[derive(Debug)]
 pub struct RouteEntry {
     pub conf: Route,
     /// Index into the gate's upstream list.
     pub upstream: usize,
+    /// Limits keyed by client IP or header: checked before the JWT, so
+    /// floods of bad tokens are limited too.
+    pub limits_before_auth: Vec<Arc<RateLimit>>,
+    /// Limits keyed by a verified claim: checked after the JWT.
+    #[allow(dead_code)] // read by the JWT step, which lands with auth
+    pub limits_after_auth: Vec<Arc<RateLimit>>,
+}
+
+impl std::fmt::Debug for RouteEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteEntry")
+            .field("path", &self.conf.path)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
 }
 
 /// All routes registered under one path pattern.
@@ -39,6 +54,8 @@ pub enum RouterError {
     },
     #[error("route {0}: unknown upstream")]
     UnknownUpstream(String),
+    #[error("route {path}: unknown rate limit `{name}`")]
+    UnknownLimit { path: String, name: String },
 }
 
 fn allows(route: &Route, method: &Method) -> bool {
@@ -72,10 +89,12 @@ fn allow_header(routes: &[Arc<RouteEntry>]) -> HeaderValue {
 }
 
 impl Router {
-    /// Builds the router. `upstream_index` maps an upstream name to its slot.
+    /// Builds the router. `upstream_index` maps an upstream name to its slot,
+    /// `limit` a rate limit name to the limit.
     pub fn new(
         routes: &[Route],
         upstream_index: impl Fn(&str) -> Option<usize>,
+        limit: impl Fn(&str) -> Option<Arc<RateLimit>>,
     ) -> Result<Router, RouterError> {
         let mut patterns: Vec<(String, Vec<Arc<RouteEntry>>)> = Vec::new();
         for route in routes {
@@ -85,9 +104,24 @@ impl Router {
                 // Static routes are refused before the router is built.
                 RouteTarget::Static(_) => usize::MAX,
             };
+            let mut limits_before_auth = Vec::new();
+            let mut limits_after_auth = Vec::new();
+            for name in &route.rate_limits {
+                let l = limit(name).ok_or_else(|| RouterError::UnknownLimit {
+                    path: route.path.clone(),
+                    name: name.clone(),
+                })?;
+                if l.needs_claims() {
+                    limits_after_auth.push(l);
+                } else {
+                    limits_before_auth.push(l);
+                }
+            }
             let entry = Arc::new(RouteEntry {
                 conf: route.clone(),
                 upstream,
+                limits_before_auth,
+                limits_after_auth,
             });
             match patterns.iter_mut().find(|(p, _)| *p == route.path) {
                 Some((_, group)) => group.push(entry),
@@ -154,6 +188,10 @@ mod tests {
         }
     }
 
+    fn no_limits(_: &str) -> Option<Arc<RateLimit>> {
+        None
+    }
+
     fn idx(name: &str) -> Option<usize> {
         match name {
             "a" => Some(0),
@@ -171,6 +209,7 @@ mod tests {
                 route("/api/health", None, "a"),
             ],
             idx,
+            no_limits,
         )
         .unwrap();
         assert_eq!(r.find("/api/x", &Method::GET).unwrap().upstream, 1);
@@ -188,6 +227,7 @@ mod tests {
                 route("/items", Some(&["POST", "DELETE"]), "b"),
             ],
             idx,
+            no_limits,
         )
         .unwrap();
         assert_eq!(r.find("/items", &Method::GET).unwrap().upstream, 0);
@@ -202,13 +242,18 @@ mod tests {
 
     #[test]
     fn explicit_root_route_wins_over_catch_all_alias() {
-        let r = Router::new(&[route("/{*rest}", None, "a"), route("/", None, "b")], idx).unwrap();
+        let r = Router::new(
+            &[route("/{*rest}", None, "a"), route("/", None, "b")],
+            idx,
+            no_limits,
+        )
+        .unwrap();
         assert_eq!(r.find("/", &Method::GET).unwrap().upstream, 1);
         assert_eq!(r.find("/x", &Method::GET).unwrap().upstream, 0);
     }
 
     #[test]
     fn unknown_upstream_is_an_error() {
-        assert!(Router::new(&[route("/x", None, "zzz")], idx).is_err());
+        assert!(Router::new(&[route("/x", None, "zzz")], idx, no_limits).is_err());
     }
 }

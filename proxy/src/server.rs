@@ -27,7 +27,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Router(#[from] crate::router::RouterError),
+    Gate(#[from] crate::gate::GateError),
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -56,6 +56,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     for i in 0..gate.upstreams.len() {
         tokio::spawn(health_loop(gate.clone(), i));
     }
+    tokio::spawn(rate_limit_housekeeping(gate.clone()));
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         gate.clone(),
@@ -197,6 +198,21 @@ async fn health_loop(gate: Arc<Gate>, index: usize) {
     loop {
         tick.tick().await;
         up.check_health().await;
+    }
+}
+
+/// Drops idle buckets so memory follows the live key count, not the peak.
+async fn rate_limit_housekeeping(gate: Arc<Gate>) {
+    if gate.rate_limits.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for l in &gate.rate_limits {
+            l.housekeeping();
+        }
     }
 }
 
