@@ -551,7 +551,8 @@ impl Ctx<'_> {
             let Some(address) = self.socket_addr(&raw.address, &ap) else {
                 continue;
             };
-            if out.iter().any(|l| l.address == address) {
+            // Port 0 asks the OS for a free port: never a clash.
+            if address.port() != 0 && out.iter().any(|l| l.address == address) {
                 self.at_value(&ap, format!("address {address} is listed twice"));
                 continue;
             }
@@ -569,7 +570,7 @@ impl Ctx<'_> {
         if let Some(a) = raw.address {
             let ap = p.key("address");
             if let Some(addr) = self.socket_addr(&a, &ap) {
-                if listen.iter().any(|l| l.address == addr) {
+                if addr.port() != 0 && listen.iter().any(|l| l.address == addr) {
                     self.at_value(
                         &ap,
                         format!(
