@@ -23,12 +23,30 @@
 //! with flush) is small on flate2, brotli and zstd directly, so that is
 //! what [`CompressedBody`] is.
 //!
-//! Levels default to gzip 6, br 4, zstd 3: the libraries' own balanced
-//! points (zlib's default, brotli's fastest level with its full context
-//! modelling, zstd's default), all several times faster than gzip 9 at a
-//! ratio close to it. Configured levels are clamped into the ranges that
-//! decoders in browsers accept (zstd at most 19, whose 8 MiB window is the
-//! HTTP limit).
+//! Levels default to gzip 6, br 4, zstd 3, the libraries' usual balanced
+//! points (zlib's default, brotli's fastest level with full context
+//! modelling, zstd's default). They are not measured here yet: the criterion
+//! bench in `benches/` is to confirm or change them. Configured levels are
+//! clamped into what browsers decode (zstd at most 19, whose 8 MiB window is
+//! the HTTP limit).
+//!
+//! How the server strings it together, on a route with a [`Policy`]:
+//! 1. Request: `let accepted = negotiate(req.headers(), &policy.algorithms);`
+//!    then [`strip_accept_encoding`] before forwarding. (No policy on the
+//!    route: neither, and nothing below.)
+//! 2. Response head: `should_compress(&policy, &method, accepted, status,
+//!    resp.headers())`:
+//!    - `Compress(c)`: [`apply_headers`]`(headers, c)` and the body becomes
+//!      `CompressedBody::new(body, c, &policy.levels,
+//!      is_event_stream(headers))`.
+//!    - `UnknownSize(c)` (no `Content-Length`): `let b =
+//!      buffer_head(body, policy.min_size).await?;` (waits for the first
+//!      frame only). If `b.is_small(policy.min_size)`, send `b` as is with
+//!      [`add_vary`] (its `size_hint` is exact, so a `Content-Length` can be
+//!      set); else as `Compress(c)` with `b` as the body.
+//!    - `TooSmall`, `NotAccepted` ([`Decision::needs_vary`]): body untouched,
+//!      [`add_vary`].
+//!    - `NotEligible(_)`: untouched.
 
 mod body;
 mod negotiate;
