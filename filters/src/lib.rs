@@ -3,6 +3,7 @@
 //! nothing about listeners, pools or the runtime, so each is tested on its own.
 #![forbid(unsafe_code)]
 
+pub mod compression;
 pub mod forwarding;
 pub mod limits;
 pub mod ratelimit;
