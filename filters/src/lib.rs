@@ -4,5 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod forwarding;
+pub mod jwt;
 pub mod limits;
 pub mod request_id;
+pub mod revocation;
