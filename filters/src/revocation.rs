@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 
+use crate::jwt::{revocation_key, AuthError, Claims};
+
 mod log;
 
 pub use log::{LogEvent, Replay, RevocationLog, COMPACT_MIN_LINES};
@@ -97,6 +99,21 @@ impl RevocationList {
     /// index; this is the per-request check.
     pub fn is_revoked(&self, key: &str, now: u64) -> bool {
         self.map.get(key).is_some_and(|e| now < *e)
+    }
+
+    /// The per-request check after a token's signature and claims passed:
+    /// `Err(AuthError::Revoked)` while its key ([`revocation_key`]) is
+    /// revoked. No allocation when the token has a `jti`.
+    pub fn check_token(&self, claims: &Claims, token: &str, now: u64) -> Result<(), AuthError> {
+        let revoked = match claims.jti() {
+            Some(jti) => self.is_revoked(jti, now),
+            None => self.is_revoked(&revocation_key(claims, token), now),
+        };
+        if revoked {
+            Err(AuthError::Revoked)
+        } else {
+            Ok(())
+        }
     }
 
     /// The entry's `exp`, if `key` is revoked at `now`.
@@ -247,6 +264,29 @@ mod tests {
         assert_eq!(l.sweep(now + 5), 0);
         // The first live entries go at their own time.
         assert_eq!(l.sweep(now + 10), 100);
+    }
+
+    #[test]
+    fn check_token_by_jti_or_hash() {
+        let l = RevocationList::new();
+        let with_jti = Claims::from_payload(br#"{"exp":100,"jti":"j1"}"#).unwrap();
+        let without = Claims::from_payload(br#"{"exp":100}"#).unwrap();
+        assert_eq!(l.check_token(&with_jti, "t1", 0), Ok(()));
+        l.revoke("j1", 100, 0);
+        assert_eq!(l.check_token(&with_jti, "t1", 0), Err(AuthError::Revoked));
+        assert_eq!(l.check_token(&with_jti, "t1", 100), Ok(()));
+        assert_eq!(l.check_token(&without, "t2", 0), Ok(()));
+        l.revoke(&revocation_key(&without, "t2"), 100, 0);
+        assert_eq!(l.check_token(&without, "t2", 0), Err(AuthError::Revoked));
+        assert_eq!(l.check_token(&without, "t3", 0), Ok(()));
+    }
+
+    #[test]
+    fn shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<RevocationList>();
+        assert_send_sync::<crate::jwt::JwtPolicy>();
+        assert_send_sync::<RevocationLog>();
     }
 
     #[test]

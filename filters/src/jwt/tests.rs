@@ -616,3 +616,32 @@ fn revocation_helpers() {
         AuthError::BadSignature
     );
 }
+
+#[test]
+fn random_and_mutated_tokens_never_panic() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let policies = [
+        policy(hs_policy(&[Algorithm::HS256])),
+        jwks_policy(&[Algorithm::ES256, Algorithm::EdDSA]),
+        policy(PolicyParams::new(
+            vec![Algorithm::RS256],
+            KeySource::PublicKeyPem(RSA_PUBLIC.as_bytes().to_vec()),
+        )),
+    ];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/%";
+    let good = hs(Algorithm::HS256, &valid_claims());
+    for _ in 0..2000 {
+        let len = rng.usize(0..200);
+        let t: String = (0..len)
+            .map(|_| alphabet[rng.usize(..alphabet.len())] as char)
+            .collect();
+        let mut m = good.clone().into_bytes();
+        let i = rng.usize(..m.len());
+        m[i] = alphabet[rng.usize(..alphabet.len())];
+        let m = String::from_utf8(m).unwrap();
+        for p in &policies {
+            assert!(p.verify(&t, NOW).is_err());
+            let _ = p.verify(&m, NOW);
+        }
+    }
+}
