@@ -5,6 +5,8 @@
 
 pub mod compression;
 pub mod forwarding;
+pub mod jwt;
 pub mod limits;
 pub mod ratelimit;
 pub mod request_id;
+pub mod revocation;
