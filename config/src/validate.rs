@@ -704,22 +704,19 @@ impl Ctx<'_> {
                         pool.max_connections = n;
                     }
                 }
-                if let Some(n) = rp.max_idle {
-                    pool.max_idle = n;
-                }
-                if pool.max_idle > pool.max_connections {
-                    let at = if rp.max_idle.is_some() {
-                        "max_idle"
-                    } else {
-                        "max_connections"
-                    };
-                    self.at_value(
-                        &pp.key(at),
-                        format!(
-                            "max_idle ({}) is larger than max_connections ({}): lower max_idle",
-                            pool.max_idle, pool.max_connections
-                        ),
-                    );
+                match rp.max_idle {
+                    Some(n) if n > pool.max_connections => {
+                        self.at_value(
+                            &pp.key("max_idle"),
+                            format!(
+                                "max_idle ({n}) is larger than max_connections ({}): lower max_idle",
+                                pool.max_connections
+                            ),
+                        );
+                    }
+                    Some(n) => pool.max_idle = n,
+                    // The default shrinks to fit a small max_connections.
+                    None => pool.max_idle = pool.max_idle.min(pool.max_connections),
                 }
                 if let Some(d) =
                     self.positive(rp.idle_timeout, &pp.key("idle_timeout"), "idle_timeout")

@@ -711,3 +711,18 @@ fn hostile_input_is_an_error_not_a_crash() {
         let _ = load_with(text, LoadOptions::default());
     }
 }
+
+#[test]
+fn default_max_idle_shrinks_to_a_small_max_connections() {
+    let text = "\
+listen:
+  - address: 127.0.0.1:8080
+upstreams:
+  app:
+    sockets: [/run/app.sock]
+    pool: { max_connections: 4 }
+";
+    let c = load_with(text, LoadOptions::default()).unwrap();
+    assert_eq!(c.upstreams["app"].pool.max_idle, 4);
+    assert_eq!(c.upstreams["app"].pool.max_connections, 4);
+}

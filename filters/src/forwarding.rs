@@ -51,6 +51,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The request's host: its one `Host` header, else the URI authority (h2's
+/// `:authority`, or an absolute-form target). Two Host headers are an error
+/// (RFC 9112 §3.2: answer 400), so gate and worker never disagree on it.
+pub fn request_host(headers: &HeaderMap, uri: &http::Uri) -> Result<Option<HeaderValue>, ()> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(()),
+        (Some(h), None) => Ok(Some(h.clone())),
+        (None, _) => Ok(uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())),
+    }
+}
+
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     let ip = canonical(ip);
     trusted.iter().any(|net| net.contains(&ip))
@@ -235,6 +249,23 @@ mod tests {
         assert_eq!(ip.to_string(), "1.2.3.4");
         let ip = client_ip("::ffff:10.0.0.1".parse().unwrap(), &HeaderMap::new(), &[]);
         assert_eq!(ip.to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn host_is_single_or_from_authority() {
+        let uri: http::Uri = "http://api.example:8080/x".parse().unwrap();
+        let h = hm(&[("host", "a.test")]);
+        assert_eq!(request_host(&h, &uri).unwrap().unwrap(), "a.test");
+        let h = hm(&[("host", "a.test"), ("host", "b.test")]);
+        assert!(request_host(&h, &uri).is_err());
+        assert_eq!(
+            request_host(&HeaderMap::new(), &uri).unwrap().unwrap(),
+            "api.example:8080"
+        );
+        let path_only: http::Uri = "/x".parse().unwrap();
+        assert!(request_host(&HeaderMap::new(), &path_only)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -59,11 +59,17 @@ async fn per_ip_burst_then_429_and_worker_counts_exactly_the_allowed() {
     assert!(retry >= 1, "Retry-After in whole seconds, at least 1");
     assert_eq!(r.header("ratelimit-policy"), Some("\"per_ip\";q=5;w=1"));
     assert!(
-        r.header("ratelimit").unwrap().starts_with("\"per_ip\";r=0;t="),
+        r.header("ratelimit")
+            .unwrap()
+            .starts_with("\"per_ip\";r=0;t="),
         "{:?}",
         r.header("ratelimit")
     );
-    assert_eq!(w.hits().await, allowed as u64, "the worker saw only allowed requests");
+    assert_eq!(
+        w.hits().await,
+        allowed as u64,
+        "the worker saw only allowed requests"
+    );
 
     // Other routes do not share the per_ip buckets.
     assert_eq!(get(g.addr, "/pid").await.status, 200);
@@ -80,17 +86,31 @@ async fn header_keyed_limits_are_per_key_and_fall_back_to_ip() {
         // headers: true → RateLimit on allowed responses too.
         assert_eq!(r.header("ratelimit-policy"), Some("\"per_key\";q=3;w=60"));
         let remaining = format!("\"per_key\";r={};", 2 - i);
-        assert!(r.header("ratelimit").unwrap().starts_with(&remaining), "{:?}", r.header("ratelimit"));
+        assert!(
+            r.header("ratelimit").unwrap().starts_with(&remaining),
+            "{:?}",
+            r.header("ratelimit")
+        );
     }
     get_with(&g, "/echo", &[("x-api-key", "alpha")])
         .await
         .assert_rejection(429, "rate_limited");
     // Another key has its own bucket.
-    assert_eq!(get_with(&g, "/echo", &[("x-api-key", "beta")]).await.status, 200);
+    assert_eq!(
+        get_with(&g, "/echo", &[("x-api-key", "beta")]).await.status,
+        200
+    );
     // No key: limited by client IP, in its own bucket.
     for _ in 0..3 {
         assert_eq!(get(g.addr, "/echo").await.status, 200);
     }
-    get(g.addr, "/echo").await.assert_rejection(429, "rate_limited");
-    assert_eq!(get_with(&g, "/echo", &[("x-api-key", "gamma")]).await.status, 200);
+    get(g.addr, "/echo")
+        .await
+        .assert_rejection(429, "rate_limited");
+    assert_eq!(
+        get_with(&g, "/echo", &[("x-api-key", "gamma")])
+            .await
+            .status,
+        200
+    );
 }

@@ -10,7 +10,6 @@ use asgi_gate_filters::limits::{self, LimitError};
 use asgi_gate_filters::ratelimit::{self, RateLimit};
 use asgi_gate_filters::{forwarding, request_id};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -57,6 +56,8 @@ async fn process(
     )
     .map_err(limit_reject)?;
     limits::check_content_length(req.headers(), gate.limits.max_body).map_err(limit_reject)?;
+    let host = forwarding::request_host(req.headers(), req.uri())
+        .map_err(|()| Reject::BadRequest("more than one Host header"))?;
 
     // 2. Route: path pattern, then method.
     let route = gate.router.find(req.uri().path(), req.method())?.clone();
@@ -76,7 +77,6 @@ async fn process(
     // 5. What the worker receives.
     let on_upgrade = websocket::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let host = host_of(&parts);
     forwarding::strip_hop_by_hop(&mut parts.headers, on_upgrade.is_some());
     forwarding::set_forwarded(&mut parts.headers, client_ip, conn.proto, host.clone());
     if !parts.headers.contains_key(header::HOST) {
@@ -127,17 +127,6 @@ pub fn to_client(resp: Response<Incoming>, in_flight: InFlight) -> Response<Gate
     let (mut parts, body) = resp.into_parts();
     forwarding::strip_hop_by_hop(&mut parts.headers, false);
     Response::from_parts(parts, GateBody::upstream(body, in_flight))
-}
-
-/// Host header, or the h2 :authority.
-fn host_of(parts: &Parts) -> Option<HeaderValue> {
-    if let Some(h) = parts.headers.get(header::HOST) {
-        return Some(h.clone());
-    }
-    parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
 fn limit_reject(e: LimitError) -> Reject {
