@@ -51,13 +51,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// A request with more than one `Host` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuplicateHost;
+
 /// The request's host: its one `Host` header, else the URI authority (h2's
 /// `:authority`, or an absolute-form target). Two Host headers are an error
 /// (RFC 9112 §3.2: answer 400), so gate and worker never disagree on it.
-pub fn request_host(headers: &HeaderMap, uri: &http::Uri) -> Result<Option<HeaderValue>, ()> {
+pub fn request_host(
+    headers: &HeaderMap,
+    uri: &http::Uri,
+) -> Result<Option<HeaderValue>, DuplicateHost> {
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => Err(()),
+        (Some(_), Some(_)) => Err(DuplicateHost),
         (Some(h), None) => Ok(Some(h.clone())),
         (None, _) => Ok(uri
             .authority()

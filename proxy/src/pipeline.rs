@@ -57,7 +57,7 @@ async fn process(
     .map_err(limit_reject)?;
     limits::check_content_length(req.headers(), gate.limits.max_body).map_err(limit_reject)?;
     let host = forwarding::request_host(req.headers(), req.uri())
-        .map_err(|()| Reject::BadRequest("more than one Host header"))?;
+        .map_err(|_| Reject::BadRequest("more than one Host header"))?;
 
     // 2. Route: path pattern, then method.
     let route = gate.router.find(req.uri().path(), req.method())?.clone();
