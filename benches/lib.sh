@@ -28,6 +28,7 @@ ADMIN_PORT="${ADMIN_PORT:-18901}"
 ADMIN2_PORT="${ADMIN2_PORT:-18902}"
 GZIP_LEVEL="${GZIP_LEVEL:-6}" # the gate's default; nginx is given the same
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+GATE_BIN_GIVEN="${GATE_BIN:-}"
 BUILD_GATE=1
 [[ -n "${GATE_BIN:-}" ]] && BUILD_GATE=0
 GATE_BIN="${GATE_BIN:-$TARGET_DIR/release/asgi-gate}"
@@ -127,6 +128,12 @@ install_traps() {
     trap 'exit 143' TERM
 }
 
+forget_pid() {
+    local p
+    local -a keep=()
+    for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
 # start_bg LOG CMD...: run in the background, remember the PID (in REPLY too).
 start_bg() {
     local logf="$1"
@@ -396,15 +403,15 @@ run_one() {
     cpu_ticks "${fp[@]}"; f0="$REPLY"
     cpu_ticks "${wp[@]}"; w0="$REPLY"
     self_child_ticks; c0="$REPLY"
-    WRK_HEADERS="$LOAD_HEADERS" "${CMD[@]}" >"$out" 2>&1
-    local rc=$?
+    local rc=0
+    WRK_HEADERS="$LOAD_HEADERS" "${CMD[@]}" >"$out" 2>&1 || rc=$?
     self_child_ticks; c1="$REPLY"
     cpu_ticks "${fp[@]}"; f1="$REPLY"
     cpu_ticks "${wp[@]}"; w1="$REPLY"
     rss_kb "${rss_pids[@]}"; rss_end="$REPLY"
     rss_kb "${wp[@]}"; rss_w="$REPLY"
     kill_wait "$spid"
-    PIDS=("${PIDS[@]/$spid/}")
+    forget_pid "$spid"
     rss_peak="$(cat "$dir/rss_peak" 2>/dev/null || echo "$rss_end")"
     ((rss_end > rss_peak)) && rss_peak="$rss_end"
     local parsed
@@ -424,8 +431,10 @@ run_one() {
     else
         bad=$((r[0] - r[5])) expected="${r[5]}" # answers that were not rejections
         # wrk counts every status >= 400 alike: check the exact code by hand.
-        local code
-        code="$(curl -s -o /dev/null -w '%{http_code}' $(printf -- '-H\n%s\n' "${LOAD_HEADERS_CURL[@]}") "${F_URL[$front]}")"
+        local code h
+        local -a ch=()
+        for h in "${LOAD_HEADERS_CURL[@]}"; do ch+=(-H "$h"); done
+        code="$(curl -s -o /dev/null -w '%{http_code}' "${ch[@]}" "${F_URL[$front]}")"
         [[ "$code" == "$expect" ]] || { log "$front: expected $expect, a check request got $code"; bad=$((bad + 1)); }
     fi
     printf '%s\n' "$SCENARIO"$'\t'"$case"$'\t'"$front"$'\t'"$rep"$'\t'"${r[0]}"$'\t'"${r[1]}"$'\t'"${r[2]}"$'\t'"${r[3]}"$'\t'"${r[4]}"$'\t'"$bad"$'\t'"$expected"$'\t'"$((c1 - c0))"$'\t'"$((f1 - f0))"$'\t'"$((w1 - w0))"$'\t'"$rss_end"$'\t'"$rss_peak"$'\t'"$rss_w"$'\t'"${#fp[@]}" >>"$RAW"

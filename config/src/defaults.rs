@@ -131,6 +131,7 @@ fn app_route(path: &str) -> Route {
         scopes: Vec::new(),
         rate_limits: Vec::new(),
         compression: None,
+        compress_event_stream: false,
         cors: RouteCors::Inherit,
         websocket: None,
     }

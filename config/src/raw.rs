@@ -113,6 +113,40 @@ pub struct RawRateLimit {
 }
 
 /// `compression:` is this mapping (or `true` / `false`, handled by `validate`).
+/// A route's `compression:`: `false` (off), `true` (the top-level policy),
+/// or `{ sse: true }` to also compress `text/event-stream`, flushing each event.
+#[derive(Debug)]
+pub enum RawRouteCompression {
+    Switch(bool),
+    Options(RawRouteCompressionOptions),
+}
+
+impl<'de> Deserialize<'de> for RawRouteCompression {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawRouteCompression;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or { sse: true }")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(RawRouteCompression::Switch(b))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, m: M) -> Result<Self::Value, M::Error> {
+                RawRouteCompressionOptions::deserialize(de::value::MapAccessDeserializer::new(m))
+                    .map(RawRouteCompression::Options)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCompressionOptions {
+    pub sse: bool,
+}
+
 #[derive(Debug, DeriveDeserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCompression {
@@ -170,7 +204,7 @@ pub struct RawRoute {
     pub auth: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub rate_limit: Option<OneOrMany>,
-    pub compression: Option<bool>,
+    pub compression: Option<RawRouteCompression>,
     /// `false` or a cors mapping; checked by `validate` so that errors inside
     /// the mapping keep their path.
     pub cors: Option<serde_yaml::Value>,

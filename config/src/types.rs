@@ -238,6 +238,9 @@ pub struct Route {
     pub rate_limits: Vec<String>,
     /// `Some(false)` = `compression: false`; `None` = follow the top-level section.
     pub compression: Option<bool>,
+    /// `compression: { sse: true }`: compress `text/event-stream` too,
+    /// flushing every event.
+    pub compress_event_stream: bool,
     pub cors: RouteCors,
     pub websocket: Option<WebSocketOpts>,
 }

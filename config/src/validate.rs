@@ -1547,7 +1547,15 @@ impl Ctx<'_> {
             auth: raw.auth,
             scopes,
             rate_limits: rate_names,
-            compression: raw.compression,
+            compression: match &raw.compression {
+                None => None,
+                Some(RawRouteCompression::Switch(on)) => Some(*on),
+                Some(RawRouteCompression::Options(_)) => Some(true),
+            },
+            compress_event_stream: matches!(
+                &raw.compression,
+                Some(RawRouteCompression::Options(o)) if o.sse
+            ),
             cors,
             websocket,
         })

@@ -626,7 +626,10 @@ routes:
     // The missing `upstream` is also found, once the typo'd key is set aside.
     assert_eq!(pos, vec![(7, 5), (8, 5), (9, 18)], "{errs:#?}");
     assert!(errs[1].2.starts_with("unknown key `upstrem`"));
-    assert_eq!(errs[2].2, "expected true or false, found string \"maybe\"");
+    assert_eq!(
+        errs[2].2,
+        "expected true, false or { sse: true }, found string \"maybe\""
+    );
 }
 
 #[test]
@@ -725,4 +728,31 @@ upstreams:
     let c = load_with(text, LoadOptions::default()).unwrap();
     assert_eq!(c.upstreams["app"].pool.max_idle, 4);
     assert_eq!(c.upstreams["app"].pool.max_connections, 4);
+}
+
+#[test]
+fn route_compression_switch_or_sse_opt_in() {
+    let text = "\
+listen:
+  - address: 127.0.0.1:8080
+upstreams:
+  app:
+    sockets: [/run/app.sock]
+compression: true
+routes:
+  - path: /events
+    upstream: app
+    compression: { sse: true }
+  - path: /raw
+    upstream: app
+    compression: false
+  - path: /{*rest}
+    upstream: app
+";
+    let c = load_with(text, LoadOptions::default()).unwrap();
+    assert_eq!(c.routes[0].compression, Some(true));
+    assert!(c.routes[0].compress_event_stream);
+    assert_eq!(c.routes[1].compression, Some(false));
+    assert!(!c.routes[1].compress_event_stream);
+    assert_eq!(c.routes[2].compression, None);
 }

@@ -1,23 +1,34 @@
-//! The admin listener: health and readiness now; metrics, revocations and
-//! reload join it with their features. Separate from the data plane so it
-//! can stay on loopback.
+//! The admin listener: health, readiness and the revocation API. Separate
+//! from the data plane so it can stay on loopback. Reads need no token;
+//! changes need `Authorization: Bearer <admin token>` (compared in constant
+//! time), and are refused with 403 when no admin token is configured.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use asgi_gate_config::Admin;
+use asgi_gate_filters::jwt::{self, AuthError};
+use asgi_gate_filters::revocation::RevokeOutcome;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::auth::unix_now;
 use crate::body::GateBody;
 use crate::gate::Gate;
 use crate::reject::{self, Reject};
 
-pub async fn serve(listener: TcpListener, gate: Arc<Gate>, _conf: Admin) {
+/// Admin request bodies are small JSON documents.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+pub async fn serve(listener: TcpListener, gate: Arc<Gate>, conf: Admin) {
+    let conf = Arc::new(conf);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(x) => x,
@@ -28,10 +39,18 @@ pub async fn serve(listener: TcpListener, gate: Arc<Gate>, _conf: Admin) {
             }
         };
         let gate = gate.clone();
+        let conf = conf.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let gate = gate.clone();
-                async move { Ok::<_, Infallible>(route(&gate, &req)) }
+                let conf = conf.clone();
+                async move {
+                    let resp = match handle(&gate, &conf, req).await {
+                        Ok(r) => r,
+                        Err(rej) => reject::response(&rej),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -40,7 +59,7 @@ pub async fn serve(listener: TcpListener, gate: Arc<Gate>, _conf: Admin) {
     }
 }
 
-fn json(status: StatusCode, body: &'static str) -> Response<GateBody> {
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<GateBody> {
     let mut resp = Response::new(GateBody::full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -50,22 +69,208 @@ fn json(status: StatusCode, body: &'static str) -> Response<GateBody> {
     resp
 }
 
-fn route(gate: &Gate, req: &Request<Incoming>) -> Response<GateBody> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        (&Method::GET, "/readyz") => {
-            if gate.is_ready() {
-                json(StatusCode::OK, r#"{"status":"ready"}"#)
-            } else {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"status":"not_ready","detail":"an upstream has no worker answering"}"#,
-                )
+fn json_value(status: StatusCode, v: &serde_json::Value) -> Response<GateBody> {
+    json(status, serde_json::to_vec(v).unwrap_or_default())
+}
+
+async fn handle(
+    gate: &Arc<Gate>,
+    conf: &Admin,
+    req: Request<Incoming>,
+) -> Result<Response<GateBody>, Reject> {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/healthz") => Ok(json(StatusCode::OK, r#"{"status":"ok"}"#)),
+        (Method::GET, "/readyz") => Ok(if gate.is_ready() {
+            json(StatusCode::OK, r#"{"status":"ready"}"#)
+        } else {
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"not_ready","detail":"an upstream has no worker answering"}"#,
+            )
+        }),
+        (Method::GET, "/revocations") => Ok(json_value(
+            StatusCode::OK,
+            &serde_json::json!({ "count": gate.revocations.list.len() }),
+        )),
+        (Method::POST, "/revocations") => {
+            authorize(conf, &req)?;
+            revoke(gate, req).await
+        }
+        (method, p) if p.starts_with("/revocations/") => {
+            let key = percent_decode(&p["/revocations/".len()..])
+                .ok_or(Reject::BadRequest("invalid percent-encoding in the jti"))?;
+            match method {
+                Method::GET => Ok(match gate.revocations.list.get(&key, unix_now()) {
+                    Some(exp) => json_value(
+                        StatusCode::OK,
+                        &serde_json::json!({ "jti": key, "exp": exp }),
+                    ),
+                    None => reject::response(&Reject::NotFound),
+                }),
+                Method::DELETE => {
+                    authorize(conf, &req)?;
+                    let rev = gate.revocations.clone();
+                    let removed = tokio::task::spawn_blocking(move || rev.remove(&key))
+                        .await
+                        .map_err(|_| Reject::ServiceUnavailable)?
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "revocation log write failed");
+                            Reject::ServiceUnavailable
+                        })?;
+                    Ok(if removed {
+                        let mut r = Response::new(GateBody::empty());
+                        *r.status_mut() = StatusCode::NO_CONTENT;
+                        r
+                    } else {
+                        reject::response(&Reject::NotFound)
+                    })
+                }
+                _ => Err(Reject::MethodNotAllowed(HeaderValue::from_static(
+                    "GET, DELETE",
+                ))),
             }
         }
         (_, "/healthz" | "/readyz") => {
-            reject::response(&Reject::MethodNotAllowed(HeaderValue::from_static("GET")))
+            Err(Reject::MethodNotAllowed(HeaderValue::from_static("GET")))
         }
-        _ => reject::response(&Reject::NotFound),
+        (_, "/revocations") => Err(Reject::MethodNotAllowed(HeaderValue::from_static(
+            "GET, POST",
+        ))),
+        _ => Err(Reject::NotFound),
+    }
+}
+
+/// Mutations need the admin bearer token.
+fn authorize(conf: &Admin, req: &Request<Incoming>) -> Result<(), Reject> {
+    let Some(expected) = conf.token.as_deref() else {
+        return Err(Reject::Forbidden(
+            "admin changes are disabled: set admin.token_env to a variable holding a token",
+        ));
+    };
+    let sent = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    match sent {
+        None => Err(Reject::Auth(AuthError::Missing)),
+        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(Reject::Auth(AuthError::BadSignature)),
+    }
+}
+
+/// Equal-length comparison whose time does not depend on where the inputs
+/// differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+enum RevokeBody {
+    Jti { jti: String, exp: u64 },
+    Token { token: String },
+}
+
+const REVOKE_USAGE: &str =
+    r#"body must be JSON {"jti": "...", "exp": <unix seconds>} or {"token": "<jwt>"}"#;
+
+async fn revoke(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response<GateBody>, Reject> {
+    let body = Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|_| Reject::BadRequest("body missing or larger than 64 KiB"))?
+        .to_bytes();
+    let parsed: RevokeBody =
+        serde_json::from_slice(&body).map_err(|_| Reject::BadRequest(REVOKE_USAGE))?;
+    let (key, exp) = match parsed {
+        RevokeBody::Jti { jti, exp } => {
+            if jti.is_empty() {
+                return Err(Reject::BadRequest("jti must not be empty"));
+            }
+            (jti, exp.saturating_add(gate.revocations.max_leeway))
+        }
+        RevokeBody::Token { token } => gate
+            .auth
+            .iter()
+            .find_map(|slot| {
+                let policy = slot.current();
+                let claims = policy.verify_for_revocation(&token).ok()?;
+                Some((
+                    jwt::revocation_key(&claims, &token),
+                    policy.revocation_expiry(&claims),
+                ))
+            })
+            .ok_or(Reject::BadRequest(
+                "the token is not signed by any configured auth policy (or has no exp)",
+            ))?,
+    };
+    let rev = gate.revocations.clone();
+    let k = key.clone();
+    let outcome = tokio::task::spawn_blocking(move || rev.revoke(&k, exp))
+        .await
+        .map_err(|_| Reject::ServiceUnavailable)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "revocation log write failed");
+            Reject::ServiceUnavailable
+        })?;
+    let (status, expired) = match outcome {
+        RevokeOutcome::Inserted => (StatusCode::CREATED, false),
+        RevokeOutcome::AlreadyRevoked => (StatusCode::OK, false),
+        RevokeOutcome::AlreadyExpired => (StatusCode::OK, true),
+    };
+    let exp = gate.revocations.list.get(&key, unix_now()).unwrap_or(exp);
+    Ok(json_value(
+        status,
+        &serde_json::json!({ "jti": key, "exp": exp, "expired": expired }),
+    ))
+}
+
+/// Decodes `%XX` escapes in a path segment; None on a bad escape or non-UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
     }
 }

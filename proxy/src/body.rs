@@ -9,8 +9,11 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a request body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,8 @@ pin_project_lite::pin_project! {
     pub enum GateBody {
         Upstream { #[pin] body: Incoming, guard: Option<InFlight> },
         Full { #[pin] body: Full<Bytes> },
+        /// A transformed stream (compressed, or buffered to decide).
+        Boxed { #[pin] body: UnsyncBoxBody<Bytes, BoxError> },
     }
 }
 
@@ -124,6 +129,16 @@ impl GateBody {
         GateBody::full(Bytes::new())
     }
 
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        GateBody::Boxed {
+            body: UnsyncBoxBody::new(body.map_err(Into::into)),
+        }
+    }
+
     pub fn upstream(body: Incoming, guard: InFlight) -> Self {
         GateBody::Upstream {
             body,
@@ -134,7 +149,7 @@ impl GateBody {
 
 impl Body for GateBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -147,8 +162,9 @@ impl Body for GateBody {
                     // Release the worker slot as soon as its response is done.
                     guard.take();
                 }
-                Poll::Ready(r)
+                Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
             }
+            GateBodyProj::Boxed { body } => body.poll_frame(cx),
             GateBodyProj::Full { body } => match ready!(body.poll_frame(cx)) {
                 Some(Ok(f)) => Poll::Ready(Some(Ok(f))),
                 Some(Err(never)) => match never {},
@@ -161,6 +177,7 @@ impl Body for GateBody {
         match self {
             GateBody::Upstream { body, .. } => body.is_end_stream(),
             GateBody::Full { body } => body.is_end_stream(),
+            GateBody::Boxed { body } => body.is_end_stream(),
         }
     }
 
@@ -168,6 +185,7 @@ impl Body for GateBody {
         match self {
             GateBody::Upstream { body, .. } => body.size_hint(),
             GateBody::Full { body } => body.size_hint(),
+            GateBody::Boxed { body } => body.size_hint(),
         }
     }
 }

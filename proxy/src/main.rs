@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod auth;
 mod body;
+mod compress;
 mod gate;
 mod pipeline;
 mod reject;
@@ -115,17 +117,15 @@ fn not_built_yet(cfg: &Config) -> Vec<(&'static str, &'static str)> {
             out.push((section, lands_with));
         }
     };
-    flag(!cfg.auth.is_empty(), "auth", "JWT validation");
-    flag(cfg.revocation.is_some(), "revocation", "JWT validation");
+    flag(
+        cfg.revocation.as_ref().is_some_and(|r| r.redis.is_some()),
+        "revocation.redis",
+        "Redis-shared revocations",
+    );
     flag(
         cfg.rate_limits.values().any(|l| l.shared),
         "rate_limits.*.shared",
         "Redis-shared limits",
-    );
-    flag(
-        cfg.compression.is_some(),
-        "compression",
-        "response compression",
     );
     flag(
         cfg.cors.is_some()

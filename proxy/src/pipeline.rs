@@ -6,16 +6,20 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use asgi_gate_filters::jwt::{self, AuthError, Claims, TokenLocation};
 use asgi_gate_filters::limits::{self, LimitError};
-use asgi_gate_filters::ratelimit::{self, RateLimit};
+use asgi_gate_filters::ratelimit::{self, ClaimValue, RateLimit};
 use asgi_gate_filters::{forwarding, request_id};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
+use crate::auth::{self, AuthSlot};
 use crate::body::{GateBody, InFlight, RequestBody};
+use crate::compress;
 use crate::gate::Gate;
 use crate::reject::{self, Reject};
+use crate::router::RouteEntry;
 use crate::websocket;
 
 /// What the gate knows about the connection a request came on.
@@ -69,16 +73,36 @@ async fn process(
         &route.limits_before_auth,
         client_ip,
         req.headers(),
+        None,
         &mut limit_headers,
     )?;
 
-    // 4. JWT, revocation and the limits keyed by claims slot in here.
+    // 4. Identity: claim headers are the gate's alone, on every route; then
+    //    the JWT, revocation, scopes and the limits keyed by claims.
+    let is_websocket = websocket::is_upgrade(&req);
+    jwt::strip_client_claim_headers(req.headers_mut(), &gate.claim_headers);
+    if let Some(slot) = &route.auth {
+        authenticate(
+            gate,
+            slot,
+            &route,
+            client_ip,
+            &mut req,
+            is_websocket,
+            &mut limit_headers,
+        )?;
+    }
 
     // 5. What the worker receives.
-    let on_upgrade = websocket::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let on_upgrade = is_websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     forwarding::strip_hop_by_hop(&mut parts.headers, on_upgrade.is_some());
     forwarding::set_forwarded(&mut parts.headers, client_ip, conn.proto, host.clone());
+    let method = parts.method.clone();
+    let compression = match (&route.compression, &on_upgrade) {
+        (Some(policy), None) => Some((policy, compress::negotiate(policy, &mut parts.headers))),
+        _ => None,
+    };
     if !parts.headers.contains_key(header::HOST) {
         // h2 requests carry :authority instead; uvicorn wants a Host.
         let host = host.unwrap_or(HeaderValue::from_static("localhost"));
@@ -97,11 +121,88 @@ async fn process(
         None => to_client(resp, in_flight),
     };
 
-    // 7. Response headers the policies asked for.
+    // 7. Compression, and the response headers the policies asked for.
+    if let Some((policy, accepted)) = compression {
+        resp = compress::respond(policy, &method, accepted, resp).await?;
+    }
     if !limit_headers.is_empty() {
         resp.headers_mut().extend(limit_headers);
     }
     Ok(resp)
+}
+
+/// Verifies the bearer token and turns its claims into what the worker sees.
+fn authenticate(
+    gate: &Gate,
+    slot: &AuthSlot,
+    route: &RouteEntry,
+    client_ip: IpAddr,
+    req: &mut Request<Incoming>,
+    is_websocket: bool,
+    limit_headers: &mut HeaderMap,
+) -> Result<(), Reject> {
+    let policy = slot.current();
+    // `?access_token=` only on WebSocket handshakes: browsers cannot set
+    // headers there, and elsewhere it would leak tokens into logs.
+    let token = jwt::extract_token(req.headers(), req.uri().query(), is_websocket)?
+        .ok_or(AuthError::Missing)?;
+    let now = auth::unix_now();
+    let claims = policy.verify(&token.token, now).inspect_err(|e| {
+        if e.wants_key_refresh() {
+            slot.key_missing();
+        }
+    })?;
+    gate.revocations
+        .list
+        .check_token(&claims, &token.token, now)?;
+    jwt::check_scopes(&claims, &route.conf.scopes)?;
+    let forwarded = jwt::forward_headers(&claims, policy.forward_claims())?;
+    rate_limit(
+        &route.limits_after_auth,
+        client_ip,
+        req.headers(),
+        Some(&claims),
+        limit_headers,
+    )?;
+    if token.location == TokenLocation::Query {
+        *req.uri_mut() = without_access_token(req.uri())?;
+    }
+    if policy.strip_authorization() {
+        req.headers_mut().remove(header::AUTHORIZATION);
+    }
+    for (name, value) in forwarded {
+        req.headers_mut().insert(name, value);
+    }
+    Ok(())
+}
+
+/// The URI the worker sees when the token came in the query string.
+fn without_access_token(uri: &Uri) -> Result<Uri, Reject> {
+    let query = jwt::query_without_access_token(uri.query().unwrap_or(""));
+    let pq = if query.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{query}", uri.path())
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|_| Reject::BadRequest("invalid request target"))?,
+    );
+    Uri::from_parts(parts).map_err(|_| Reject::BadRequest("invalid request target"))
+}
+
+/// A claim as a rate-limit key.
+fn claim_value<'c>(claims: &'c Claims, name: &str) -> Option<ClaimValue<'c>> {
+    match claims.get(name)? {
+        serde_json::Value::String(s) => Some(ClaimValue::Str(s)),
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .map(ClaimValue::UInt)
+            .or_else(|| n.as_i64().map(ClaimValue::Int))
+            .or_else(|| n.as_f64().map(ClaimValue::Float)),
+        _ => None,
+    }
 }
 
 /// All the limits must allow; the first that refuses answers 429.
@@ -109,14 +210,18 @@ fn rate_limit(
     limits: &[Arc<RateLimit>],
     client_ip: IpAddr,
     headers: &HeaderMap,
+    claims: Option<&Claims>,
     allowed_headers: &mut HeaderMap,
 ) -> Result<(), Reject> {
     if limits.is_empty() {
         return Ok(());
     }
-    let checks = limits
-        .iter()
-        .map(|l| (&**l, l.key_for(client_ip, headers, |_| None)));
+    let checks = limits.iter().map(|l| {
+        let key = l.key_for(client_ip, headers, |name| {
+            claims.and_then(|c| claim_value(c, name))
+        });
+        (&**l, key)
+    });
     ratelimit::check_all(checks, allowed_headers)
         .map_err(|refused| Reject::RateLimited(Box::new(refused.headers())))
 }

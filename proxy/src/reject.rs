@@ -5,12 +5,18 @@
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
+use asgi_gate_filters::jwt::{self, AuthError};
+
 use crate::body::GateBody;
 
 /// Every way the gate answers a request itself instead of the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
     BadRequest(&'static str),
+    /// 400/401/403 from a JWT policy, with its RFC 6750 challenge.
+    Auth(AuthError),
+    /// 403 for something the gate will not do as configured.
+    Forbidden(&'static str),
     NotFound,
     /// The `Allow` header value: the methods the path does accept.
     MethodNotAllowed(HeaderValue),
@@ -23,10 +29,18 @@ pub enum Reject {
     GatewayTimeout,
 }
 
+impl From<AuthError> for Reject {
+    fn from(e: AuthError) -> Self {
+        Reject::Auth(e)
+    }
+}
+
 impl Reject {
     pub fn status(&self) -> StatusCode {
         match self {
             Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Reject::Auth(e) => StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            Reject::Forbidden(_) => StatusCode::FORBIDDEN,
             Reject::NotFound => StatusCode::NOT_FOUND,
             Reject::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Reject::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -42,6 +56,8 @@ impl Reject {
     pub fn code(&self) -> &'static str {
         match self {
             Reject::BadRequest(_) => "bad_request",
+            Reject::Auth(e) => e.body_code(),
+            Reject::Forbidden(_) => "forbidden",
             Reject::NotFound => "not_found",
             Reject::MethodNotAllowed(_) => "method_not_allowed",
             Reject::PayloadTooLarge => "payload_too_large",
@@ -56,6 +72,8 @@ impl Reject {
     fn detail(&self) -> &'static str {
         match self {
             Reject::BadRequest(why) => why,
+            Reject::Auth(e) => e.description(),
+            Reject::Forbidden(why) => why,
             Reject::NotFound => "no route matches this path",
             Reject::MethodNotAllowed(_) => "this path does not accept this method",
             Reject::PayloadTooLarge => "request body is larger than the gate accepts",
@@ -92,6 +110,10 @@ pub fn response(rej: &Reject) -> Response<GateBody> {
     match rej {
         Reject::MethodNotAllowed(allow) => {
             h.insert(header::ALLOW, allow.clone());
+        }
+        // A malformed request (400) gets no challenge: RFC 6750 §3.1.
+        Reject::Auth(e) if e.status() != 400 => {
+            h.insert(header::WWW_AUTHENTICATE, jwt::www_authenticate(e));
         }
         Reject::RateLimited(headers) => {
             for (name, value) in headers.iter() {

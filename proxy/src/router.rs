@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
-use asgi_gate_config::{Route, RouteTarget};
+use asgi_gate_config::Route;
+use asgi_gate_filters::compression::Policy as CompressionPolicy;
 use asgi_gate_filters::ratelimit::RateLimit;
+
+use crate::auth::AuthSlot;
 use http::{HeaderValue, Method};
 
 use crate::reject::Reject;
@@ -19,8 +22,10 @@ pub struct RouteEntry {
     /// floods of bad tokens are limited too.
     pub limits_before_auth: Vec<Arc<RateLimit>>,
     /// Limits keyed by a verified claim: checked after the JWT.
-    #[allow(dead_code)] // read by the JWT step, which lands with auth
     pub limits_after_auth: Vec<Arc<RateLimit>>,
+    pub auth: Option<Arc<AuthSlot>>,
+    /// `None` when this route does not compress.
+    pub compression: Option<Arc<CompressionPolicy>>,
 }
 
 impl std::fmt::Debug for RouteEntry {
@@ -52,10 +57,12 @@ pub enum RouterError {
         path: String,
         source: matchit::InsertError,
     },
-    #[error("route {0}: unknown upstream")]
-    UnknownUpstream(String),
-    #[error("route {path}: unknown rate limit `{name}`")]
-    UnknownLimit { path: String, name: String },
+    #[error("route {path}: unknown {kind} `{name}`")]
+    Unknown {
+        path: String,
+        kind: &'static str,
+        name: String,
+    },
 }
 
 fn allows(route: &Route, method: &Method) -> bool {
@@ -89,40 +96,15 @@ fn allow_header(routes: &[Arc<RouteEntry>]) -> HeaderValue {
 }
 
 impl Router {
-    /// Builds the router. `upstream_index` maps an upstream name to its slot,
-    /// `limit` a rate limit name to the limit.
+    /// Builds the router; `make_entry` resolves a route's names (upstream,
+    /// limits, auth) into what the pipeline uses.
     pub fn new(
         routes: &[Route],
-        upstream_index: impl Fn(&str) -> Option<usize>,
-        limit: impl Fn(&str) -> Option<Arc<RateLimit>>,
+        make_entry: impl Fn(&Route) -> Result<RouteEntry, RouterError>,
     ) -> Result<Router, RouterError> {
         let mut patterns: Vec<(String, Vec<Arc<RouteEntry>>)> = Vec::new();
         for route in routes {
-            let upstream = match &route.target {
-                RouteTarget::Upstream(name) => upstream_index(name)
-                    .ok_or_else(|| RouterError::UnknownUpstream(route.path.clone()))?,
-                // Static routes are refused before the router is built.
-                RouteTarget::Static(_) => usize::MAX,
-            };
-            let mut limits_before_auth = Vec::new();
-            let mut limits_after_auth = Vec::new();
-            for name in &route.rate_limits {
-                let l = limit(name).ok_or_else(|| RouterError::UnknownLimit {
-                    path: route.path.clone(),
-                    name: name.clone(),
-                })?;
-                if l.needs_claims() {
-                    limits_after_auth.push(l);
-                } else {
-                    limits_before_auth.push(l);
-                }
-            }
-            let entry = Arc::new(RouteEntry {
-                conf: route.clone(),
-                upstream,
-                limits_before_auth,
-                limits_after_auth,
-            });
+            let entry = Arc::new(make_entry(route)?);
             match patterns.iter_mut().find(|(p, _)| *p == route.path) {
                 Some((_, group)) => group.push(entry),
                 None => patterns.push((route.path.clone(), vec![entry])),
@@ -172,7 +154,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use asgi_gate_config::RouteCors;
+    use asgi_gate_config::{RouteCors, RouteTarget};
 
     fn route(path: &str, methods: Option<&[&str]>, upstream: &str) -> Route {
         Route {
@@ -183,21 +165,33 @@ mod tests {
             scopes: vec![],
             rate_limits: vec![],
             compression: None,
+            compress_event_stream: false,
             cors: RouteCors::Inherit,
             websocket: None,
         }
     }
 
-    fn no_limits(_: &str) -> Option<Arc<RateLimit>> {
-        None
-    }
-
-    fn idx(name: &str) -> Option<usize> {
-        match name {
-            "a" => Some(0),
-            "b" => Some(1),
-            _ => None,
-        }
+    /// Upstream `a` is slot 0, `b` slot 1; anything else is unknown.
+    fn entry(route: &Route) -> Result<RouteEntry, RouterError> {
+        let upstream = match &route.target {
+            RouteTarget::Upstream(n) if n == "a" => 0,
+            RouteTarget::Upstream(n) if n == "b" => 1,
+            _ => {
+                return Err(RouterError::Unknown {
+                    path: route.path.clone(),
+                    kind: "upstream",
+                    name: String::new(),
+                })
+            }
+        };
+        Ok(RouteEntry {
+            conf: route.clone(),
+            upstream,
+            limits_before_auth: vec![],
+            limits_after_auth: vec![],
+            auth: None,
+            compression: None,
+        })
     }
 
     #[test]
@@ -208,8 +202,7 @@ mod tests {
                 route("/api/{*rest}", None, "b"),
                 route("/api/health", None, "a"),
             ],
-            idx,
-            no_limits,
+            entry,
         )
         .unwrap();
         assert_eq!(r.find("/api/x", &Method::GET).unwrap().upstream, 1);
@@ -226,8 +219,7 @@ mod tests {
                 route("/items", Some(&["GET"]), "a"),
                 route("/items", Some(&["POST", "DELETE"]), "b"),
             ],
-            idx,
-            no_limits,
+            entry,
         )
         .unwrap();
         assert_eq!(r.find("/items", &Method::GET).unwrap().upstream, 0);
@@ -244,8 +236,7 @@ mod tests {
     fn explicit_root_route_wins_over_catch_all_alias() {
         let r = Router::new(
             &[route("/{*rest}", None, "a"), route("/", None, "b")],
-            idx,
-            no_limits,
+            entry,
         )
         .unwrap();
         assert_eq!(r.find("/", &Method::GET).unwrap().upstream, 1);
@@ -254,6 +245,6 @@ mod tests {
 
     #[test]
     fn unknown_upstream_is_an_error() {
-        assert!(Router::new(&[route("/x", None, "zzz")], idx, no_limits).is_err());
+        assert!(Router::new(&[route("/x", None, "zzz")], entry).is_err());
     }
 }

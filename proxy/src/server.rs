@@ -40,7 +40,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 
 /// Serves until SIGTERM/SIGINT, then drains for up to `shutdown_grace`.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
-    let gate = Arc::new(Gate::new(&cfg)?);
+    let gate = Arc::new(Gate::new(&cfg).await?);
+    for slot in &gate.auth {
+        tokio::spawn(crate::auth::jwks_refresher(
+            slot.clone(),
+            Duration::from_secs(600),
+        ));
+    }
+    tokio::spawn(crate::auth::revocation_sweeper(gate.revocations.clone()));
     let mut listeners = Vec::with_capacity(cfg.listen.len());
     for l in &cfg.listen {
         let listener = bind(l.address).await?;

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The load benches: asgi-gate against direct uvicorn, nginx and the Python
+# middleware stack, each before the same FastAPI app, on loopback.
+#
+#   bash benches/run.sh                       # every scenario (about 14 min)
+#   bash benches/run.sh hello offload         # some of them
+#   REPS=1 DURATION=3s bash benches/run.sh ws # a quick plumbing check
+#
+# Scenarios: hello offload auth_small reject ws h2c (see benches/scenarios/*.sh).
+# Each starts its own processes (one uvicorn worker each), measures its fronts in
+# alternation (order rotated every rep), stops everything it started by PID and
+# writes benches/results/<scenario>.{csv,md}; at the end benches/results/ratios.png
+# charts every ratio of every scenario's CSV.
+#
+# Env: REPS (3), DURATION (8s per wrk/h2load run), CONNS (64), WRK_THREADS (1),
+#      WARMUP (2s; 0 = none), FRONTS (limit the fronts, e.g. "gate nginx"),
+#      H2_CONNS (8), H2_STREAMS (8), WS_CASES ("1x10000 200x50 1000x50"),
+#      WS_SIZE (64), GZIP_LEVEL (6), OFFLOAD_PATH (/api/big), OUT_DIR
+#      (benches/results), GATE_BIN (default: build target/release/asgi-gate;
+#      set it to skip the build), KEEP_TMP=1 (keep logs and configs),
+#      ports: GATE_PORT 18080, NGINX_PORT 18081, DIRECT_PORT 18082,
+#      STACK_PORT 18083, GATE2_PORT 18084, NGINX_H2_PORT 18085,
+#      ADMIN_PORT 18901, ADMIN2_PORT 18902.
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=benches/lib.sh
+source "$BENCH_DIR/lib.sh"
+cd "$REPO"
+
+ALL_SCENARIOS=(hello offload auth_small reject ws h2c)
+SCENARIOS=("$@")
+((${#SCENARIOS[@]})) || SCENARIOS=("${ALL_SCENARIOS[@]}")
+for s in "${SCENARIOS[@]}"; do
+    [[ " ${ALL_SCENARIOS[*]} " == *" $s "* ]] || die "unknown scenario '$s' (have: ${ALL_SCENARIOS[*]})"
+    # shellcheck source=/dev/null
+    source "$BENCH_DIR/scenarios/$s.sh"
+done
+# shellcheck source=benches/scenarios/common.sh
+source "$BENCH_DIR/scenarios/common.sh"
+
+# The exact command, with every setting that differs from the defaults.
+cmd_env=""
+for v in REPS DURATION CONNS WRK_THREADS WARMUP FRONTS H2_CONNS H2_STREAMS WS_CASES WS_SIZE GZIP_LEVEL OFFLOAD_PATH; do
+    [[ -n "${!v:-}" ]] && cmd_env+="$v=\"${!v}\" "
+done
+[[ -n "${GATE_BIN_GIVEN:-}" ]] && cmd_env+="GATE_BIN=$GATE_BIN_GIVEN "
+COMMAND="${BENCH_COMMAND:-${cmd_env}bash benches/run.sh $*}"
+COMMAND="${COMMAND% }"
+
+# --- tools ----------------------------------------------------------------------
+tools=(wrk:wrk curl:curl nginx:nginx-light)
+[[ " ${SCENARIOS[*]} " == *" h2c "* ]] && tools+=(h2load:nghttp2-client)
+ensure_tools "${tools[@]}"
+ensure_gate
+bash scripts/setup-python.sh >&2
+CHART=1
+ensure_bench_venv || { log "WARNING: no bench venv (matplotlib); the chart is skipped"; CHART=0; }
+# 1k WebSockets and 64 connections through a proxy need more than 1024 fds.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+
+init_tmp
+install_traps
+write_wrk_lua
+machine_meta
+mkdir -p "$OUT_DIR"
+
+# One secret for the gate (secret_env) and the stack; tokens minted with PyJWT.
+JWT_SECRET="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export JWT_SECRET
+JWT_TOKEN="$(mint_jwt "$JWT_SECRET")"
+BAD_JWT_TOKEN="$(mint_jwt "not-the-$JWT_SECRET")"
+
+log "scenarios: ${SCENARIOS[*]}; $REPS reps of $DURATION per front (+ warm-up $WARMUP); results in $OUT_DIR"
+
+run_scenario() {
+    SCENARIO="$1"
+    RAW="$TMP/$SCENARIO.raw"
+    : >"$RAW"
+    NOTES=() DESC=() RATIOS=() CASES=()
+    [[ -n "${GATE_NOTE:-}" ]] && NOTES+=("$GATE_NOTE")
+    TITLE="$SCENARIO" UNIT=requests LOAD_DESC=""
+    reset_fronts
+    set_headers
+    mkdir -p "$TMP/$SCENARIO"
+    SOCK="$TMP/$SCENARIO/app.sock"
+    log "=== $SCENARIO"
+    local t0=$SECONDS
+    "scenario_$SCENARIO"
+    stop_all
+    local -a args=(--raw "$RAW" --scenario "$SCENARIO" --title "$TITLE" --out-dir "$OUT_DIR"
+        --clk "$CLK_TCK" --unit "$UNIT"
+        --meta "machine=$META_MACHINE" --meta "date=$META_DATE" --meta "commit=$META_COMMIT"
+        --meta "command=$COMMAND" --meta "load=$LOAD_DESC")
+    local x
+    for x in "${DESC[@]}"; do args+=(--desc "$x"); done
+    for x in "${NOTES[@]}"; do args+=(--note "$x"); done
+    for x in "${CASES[@]}"; do args+=(--case "$x"); done
+    for x in "${RATIOS[@]}"; do args+=(--ratio "$x"); done
+    for x in "${FRONTS_ORDER[@]}"; do args+=(--front "$x=${F_DESC[$x]}"); done
+    python3 "$BENCH_DIR/report.py" "${args[@]}" >"$TMP/$SCENARIO.report.txt"
+    log "=== $SCENARIO done in $((SECONDS - t0)) s: wrote ${OUT_DIR#"$REPO"/}/$SCENARIO.md and .csv"
+    local n
+    for n in "${NOTES[@]}"; do log "    $n"; done
+    sed '/^<details>/,$d' "$TMP/$SCENARIO.report.txt" | grep -E '^\| ' >&2 || true
+}
+
+for s in "${SCENARIOS[@]}"; do run_scenario "$s"; done
+if ((CHART)); then
+    "$BENCH_DIR/.venv/bin/python" "$BENCH_DIR/chart.py" "$OUT_DIR" >&2 || log "WARNING: the chart failed"
+fi
+log "done in $SECONDS s; results in ${OUT_DIR#"$REPO"/}/ (README sections: bash benches/update-readme.sh)"

@@ -1,0 +1,69 @@
+# shellcheck shell=bash
+# Helpers the scenario files share (sourced by benches/run.sh after lib.sh).
+
+# want FRONT: the FRONTS env var (space-separated), when set, limits the fronts.
+want() { [[ -z "${FRONTS:-}" || " $FRONTS " == *" $1 "* ]]; }
+
+# gate_yaml FILE PORT ADMIN_PORT [TOP_LEVEL_YAML] [ROUTES_YAML] [POOL]: a gate
+# before $SOCK, threads: 1. Default routes: everything to the app.
+gate_yaml() {
+    local file="$1" port="$2" admin="$3" top="${4:-}" routes="${5:-}"
+    local pool="${6:-"{ max_idle: 64, max_connections: 256, idle_timeout: 4s }"}"
+    [[ -n "$routes" ]] || routes='  - path: /{*rest}
+    upstream: app
+  - path: /
+    upstream: app'
+    cat >"$file" <<YAML
+threads: 1
+listen:
+  - address: 127.0.0.1:$port
+admin:
+  address: 127.0.0.1:$admin
+upstreams:
+  app:
+    sockets: [$SOCK]
+    pool: $pool
+$top
+routes:
+$routes
+YAML
+}
+
+# try_gate NAME PORT YAML: start it; when this build refuses a section, print
+# "SKIPPED: gate lacks <sections>", note it and return 1 (the scenario goes on
+# without that front).
+try_gate() {
+    local rc=0
+    start_gate "$@" || rc=$?
+    if ((rc == 2)); then
+        local msg="SKIPPED: gate lacks $SKIP_REASON (front \`$1\` not measured: this build refuses the config with \"not supported by this build yet\")"
+        echo "$msg"
+        log "$msg"
+        NOTES+=("$msg")
+        return 1
+    fi
+    return 0
+}
+
+# expect_answer NAME URL WANT_STATUS [GREP_HEADER] [curl args...]: one request
+# by hand before the load; a mismatch is noted in the report (not fatal).
+expect_answer() {
+    local name="$1" url="$2" want_status="$3" want_hdr="$4" out code
+    shift 4
+    out="$(curl -s -D - -o /dev/null "$@" "$url" || true)"
+    code="$(awk 'NR==1 {print $2}' <<<"$out")"
+    if [[ "$code" != "$want_status" ]]; then
+        NOTES+=("WARNING: $name: $url answered $code, expected $want_status")
+        log "WARNING: $name: $url answered $code, expected $want_status"
+        return 1
+    fi
+    if [[ -n "$want_hdr" ]] && ! grep -qi "^$want_hdr" <<<"$out"; then
+        NOTES+=("WARNING: $name: $url answered without \`$want_hdr\`")
+        log "WARNING: $name: $url answered without '$want_hdr'"
+        return 1
+    fi
+    return 0
+}
+
+# nginx_pids: the running nginx ($NGINX_PID), master and worker.
+nginx_pids() { echo "$NGINX_PID" $(children_of "$NGINX_PID"); }

@@ -1,0 +1,29 @@
+# shellcheck shell=bash
+# hello: GET /hello, a tiny JSON answer. gate and nginx before one uvicorn on a
+# Unix socket; direct = a second uvicorn on TCP (the "free proxy" limit).
+scenario_hello() {
+    TITLE="GET /hello: asgi-gate vs nginx vs direct uvicorn"
+    LOAD_DESC="wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT/hello, loopback"
+    DESC+=("one uvicorn worker (httptools, no access log) on a Unix socket behind gate and nginx; a second one on TCP for direct")
+    start_uvicorn_uds app "$SOCK"
+    local uds="$REPLY"
+    if want gate; then
+        gate_yaml "$TMP/hello/gate.yaml" "$GATE_PORT" "$ADMIN_PORT"
+        try_gate gate "$GATE_PORT" "$TMP/hello/gate.yaml" &&
+            add_front gate wrk "http://127.0.0.1:$GATE_PORT/hello" 2xx "$REPLY" "$uds" "asgi-gate, threads: 1, pool to the socket"
+    fi
+    if want nginx; then
+        start_nginx "$SOCK" "" ""
+        NGINX_PID="$REPLY"
+        add_front nginx wrk "http://127.0.0.1:$NGINX_PORT/hello" 2xx "$(nginx_pids)" "$uds" "nginx, 1 worker, upstream keepalive 64"
+    fi
+    if want direct; then
+        start_uvicorn_tcp app "$DIRECT_PORT"
+        add_front direct wrk "http://127.0.0.1:$DIRECT_PORT/hello" 2xx "" "$REPLY" "uvicorn on TCP, no proxy"
+    fi
+    measure - "${FRONTS_ORDER[@]}"
+    RATIOS+=("-|gate|direct|rps|>=|1.15|gate / direct req/s"
+        "-|gate|nginx|rps|>=|1|gate / nginx req/s (ahead of the best peer)"
+        "-|nginx|direct|rps|||nginx / direct req/s (context)"
+        "-|gate|nginx|front_us|<=|1|gate / nginx front CPU per request")
+}

@@ -1,0 +1,78 @@
+# shellcheck shell=bash
+# offload: 64 KiB JSON, Accept-Encoding: gzip, a valid HS256 JWT, rate limit
+# never hit. gate (auth + gzip 6 + per-IP limit) before the plain app vs the
+# Python stack (app_stack.py: PyJWT + token bucket + GZipMiddleware level 9)
+# reached directly vs direct uvicorn without any compression (the ceiling);
+# nginx (gzip 6 only: nginx-light has no JWT) as the peer.
+scenario_offload() {
+    TITLE="64 KiB JSON with gzip and a JWT: gate + plain app vs the Python middleware stack"
+    start_uvicorn_uds app "$SOCK"
+    local uds="$REPLY" path="${OFFLOAD_PATH:-/api/big}"
+    local code
+    code="$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$SOCK" "http://localhost$path")"
+    if [[ "$code" != 200 ]]; then
+        NOTES+=("WARNING: the app has no $path (answered $code); measured on /big instead. app_stack's JWT middleware covers /api/ only, so on /big the stack does NOT verify the token (it still rate-limits and gzips): the stack is favoured. Add GET /api/big (same bytes as /big) to integration-tests/app/app.py.")
+        log "WARNING: no $path in the app; using /big (the stack skips its JWT check there)"
+        path=/big
+    fi
+    LOAD_DESC="wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency -H 'Accept-Encoding: gzip' -H 'Authorization: Bearer <HS256 JWT>' http://127.0.0.1:PORT$path, loopback"
+    DESC+=("every front gets the same request: GET $path (the app's 64 KiB JSON), \`Accept-Encoding: gzip\`, a valid HS256 JWT (exp a year ahead); rate limits far above the load")
+    set_headers "Accept-Encoding: gzip" "Authorization: Bearer $JWT_TOKEN"
+    if want gate; then
+        local routes="  - path: /api/{*rest}
+    upstream: app
+    auth: default
+    rate_limit: per_ip
+  - path: /{*rest}
+    upstream: app
+    rate_limit: per_ip
+  - path: /
+    upstream: app"
+        [[ "$path" == /big ]] && routes+="
+  - path: /big
+    upstream: app
+    auth: default
+    rate_limit: per_ip"
+        gate_yaml "$TMP/offload/gate.yaml" "$GATE_PORT" "$ADMIN_PORT" "auth:
+  default:
+    algorithms: [HS256]
+    secret_env: JWT_SECRET
+rate_limits:
+  per_ip: { key: client_ip, rate: 1000000/s, burst: 1000000 }
+compression:
+  algorithms: [gzip]
+  levels: { gzip: $GZIP_LEVEL }" "$routes"
+        if try_gate gate "$GATE_PORT" "$TMP/offload/gate.yaml"; then
+            add_front gate wrk "http://127.0.0.1:$GATE_PORT$path" 2xx "$REPLY" "$uds" "asgi-gate (threads: 1): JWT HS256 + per-IP limit + gzip level $GZIP_LEVEL, plain app.py behind"
+            expect_answer gate "http://127.0.0.1:$GATE_PORT$path" 200 "content-encoding: gzip" -H "Accept-Encoding: gzip" -H "Authorization: Bearer $JWT_TOKEN" || true
+            expect_answer "gate without a token" "http://127.0.0.1:$GATE_PORT$path" 401 "" || true
+        fi
+    fi
+    if want stack; then
+        RATE_LIMIT_RPS=1000000000 RATE_LIMIT_BURST=1000000000 start_uvicorn_tcp app_stack "$STACK_PORT"
+        add_front stack wrk "http://127.0.0.1:$STACK_PORT$path" 2xx "" "$REPLY" "uvicorn running app_stack.py on TCP: token bucket per IP, PyJWT HS256 on /api/, GZipMiddleware (level 9, its default)"
+        expect_answer stack "http://127.0.0.1:$STACK_PORT$path" 200 "content-encoding: gzip" -H "Accept-Encoding: gzip" -H "Authorization: Bearer $JWT_TOKEN" || true
+        [[ "$path" == /api/* ]] && { expect_answer "stack without a token" "http://127.0.0.1:$STACK_PORT$path" 401 "" || true; }
+    fi
+    if want nginx; then
+        start_nginx "$SOCK" "    gzip on;
+    gzip_comp_level $GZIP_LEVEL;
+    gzip_min_length 1024;
+    gzip_proxied any;
+    gzip_types application/json;" ""
+        NGINX_PID="$REPLY"
+        add_front nginx wrk "http://127.0.0.1:$NGINX_PORT$path" 2xx "$(nginx_pids)" "$uds" "nginx, 1 worker, gzip level $GZIP_LEVEL, NO JWT check (nginx-light has none): a lower bound of a peer's cost"
+        expect_answer nginx "http://127.0.0.1:$NGINX_PORT$path" 200 "content-encoding: gzip" -H "Accept-Encoding: gzip" || true
+    fi
+    if want direct; then
+        start_uvicorn_tcp app "$DIRECT_PORT"
+        add_front direct wrk "http://127.0.0.1:$DIRECT_PORT$path" 2xx "" "$REPLY" "plain app.py on TCP: no auth, no limit, no compression (the ceiling: Python's JSON response alone)"
+    fi
+    measure - "${FRONTS_ORDER[@]}"
+    RATIOS+=("-|gate|stack|rps|>=|2.3|gate / stack req/s"
+        "-|gate|stack|p99_ms|<=|0.333|gate / stack p99"
+        "-|gate|nginx|rps|>=|1|gate / nginx req/s (ahead of the best peer)"
+        "-|gate|direct|rps|||gate / direct-without-compression req/s (context)"
+        "-|direct|stack|rps|||direct-without-compression / stack req/s (the ceiling)"
+        "-|nginx|stack|rps|||nginx / stack req/s (context)")
+}

@@ -1,0 +1,88 @@
+# shellcheck shell=bash
+# reject: answers that never reach Python. Case 401: an invalid JWT (signed
+# with another secret) on /api/hello through the gate vs nginx `return 401`
+# with a small JSON body (and the Python stack rejecting it, for context).
+# Case 429: a per-IP limit of 1/h (every request after the first is 429)
+# through the gate vs nginx limit_req (1r/m, then `return 429`, so the one
+# request a minute that the limiter lets through is a 429 too).
+scenario_reject() {
+    TITLE="Rejections: invalid JWT → 401 and over-limit → 429, gate vs nginx"
+    LOAD_DESC="wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency [-H 'Authorization: Bearer <JWT signed with another key>'] http://127.0.0.1:PORT/..., loopback"
+    DESC+=("every answer must be the expected code: wrk counts statuses >= 400 alike, so each run must have all its answers >= 400 and a request by hand after it must get the exact code")
+    start_uvicorn_uds app "$SOCK"
+    local uds="$REPLY"
+    local body401='{"error":"invalid_token","detail":"the token is not valid"}'
+    local body429='{"error":"rate_limited","detail":"too many requests"}'
+    if want nginx; then
+        start_nginx "$SOCK" "    limit_req_zone \$binary_remote_addr zone=one:1m rate=1r/m;" "        location /api/ {
+            default_type application/json;
+            add_header WWW-Authenticate 'Bearer realm=\"asgi-gate\", error=\"invalid_token\"' always;
+            return 401 '$body401';
+        }
+        location = /limited {
+            limit_req zone=one;
+            limit_req_status 429;
+            default_type application/json;
+            add_header Retry-After 60 always;
+            return 429 '$body429';
+        }"
+        NGINX_PID="$REPLY"
+    fi
+    # --- 401
+    CASES+=("401=invalid JWT on /api/hello")
+    local -a fronts=()
+    if want gate; then
+        gate_yaml "$TMP/reject/gate.yaml" "$GATE_PORT" "$ADMIN_PORT" "auth:
+  default:
+    algorithms: [HS256]
+    secret_env: JWT_SECRET" "  - path: /api/{*rest}
+    upstream: app
+    auth: default
+  - path: /{*rest}
+    upstream: app
+  - path: /
+    upstream: app"
+        if try_gate gate "$GATE_PORT" "$TMP/reject/gate.yaml"; then
+            add_front gate wrk "http://127.0.0.1:$GATE_PORT/api/hello" 401 "$REPLY" "$uds" "asgi-gate (threads: 1) with an HS256 policy on /api/"
+            fronts+=(gate)
+        fi
+    fi
+    if want nginx; then
+        add_front nginx wrk "http://127.0.0.1:$NGINX_PORT/api/hello" 401 "$(nginx_pids)" "$uds" "nginx, 1 worker: \`return 401\` with a small JSON body (checks no token at all)"
+        fronts+=(nginx)
+    fi
+    if want stack; then
+        RATE_LIMIT_RPS=1000000000 RATE_LIMIT_BURST=1000000000 start_uvicorn_tcp app_stack "$STACK_PORT"
+        add_front stack wrk "http://127.0.0.1:$STACK_PORT/api/hello" 401 "" "$REPLY" "app_stack.py on TCP: PyJWT rejects the token in Python"
+        fronts+=(stack)
+    fi
+    set_headers "Authorization: Bearer $BAD_JWT_TOKEN"
+    measure 401 "${fronts[@]}"
+    # --- 429
+    CASES+=("429=over a per-IP limit")
+    fronts=()
+    if want gate; then
+        gate_yaml "$TMP/reject/gate429.yaml" "$GATE2_PORT" "$ADMIN2_PORT" "rate_limits:
+  one: { key: client_ip, rate: 1/h, burst: 1 }" "  - path: /{*rest}
+    upstream: app
+    rate_limit: one
+  - path: /
+    upstream: app
+    rate_limit: one"
+        if try_gate gate_429 "$GATE2_PORT" "$TMP/reject/gate429.yaml"; then
+            add_front gate_429 wrk "http://127.0.0.1:$GATE2_PORT/hello" 429 "$REPLY" "$uds" "asgi-gate (threads: 1), per-IP limit 1/h burst 1 on every route"
+            fronts+=(gate_429)
+            expect_answer gate_429 "http://127.0.0.1:$GATE2_PORT/hello" 429 "retry-after" || true
+        fi
+    fi
+    if want nginx; then
+        add_front nginx_429 wrk "http://127.0.0.1:$NGINX_PORT/limited" 429 "$(nginx_pids)" "$uds" "nginx, 1 worker: limit_req 1r/m, status 429, small JSON body"
+        fronts+=(nginx_429)
+    fi
+    set_headers
+    measure 429 "${fronts[@]}"
+    RATIOS+=("401|gate|nginx|rps|>=|1|gate / nginx req/s (401)"
+        "401|gate|stack|rps|||gate / stack req/s (401, context)"
+        "401|gate|nginx|front_us|<=|1|gate / nginx front CPU per 401"
+        "429|gate_429|nginx_429|rps|>=|1|gate / nginx req/s (429, ahead of the best peer)")
+}

@@ -1,0 +1,308 @@
+//! JWT policies and the revocation list as the running gate holds them:
+//! built from the config, a `jwks_url` key set refreshed in the background
+//! (the request path never waits on the network after start), and the
+//! revocation list with its fsync'ed log and expiry sweep.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use asgi_gate_config::{AuthPolicy, KeySource as ConfKeySource, Revocation};
+use asgi_gate_filters::jwt::{JwtAlgorithm, JwtPolicy, KeySource, PolicyError, PolicyParams};
+use asgi_gate_filters::revocation::{RevocationList, RevocationLog, RevokeOutcome};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Notify;
+
+/// Seconds since the Unix epoch: the clock every token check uses.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("auth policy `{name}`: {source}")]
+    Policy { name: String, source: PolicyError },
+    #[error("auth policy `{name}`: unknown algorithm `{alg}`")]
+    Algorithm { name: String, alg: String },
+    #[error("auth policy `{name}`: cannot read {path}: {source}")]
+    Read {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("auth policy `{name}`: cannot fetch jwks_url: {detail}")]
+    Jwks { name: String, detail: String },
+    #[error("revocation log {path}: {source}")]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One named policy. Its key set can be swapped by the JWKS refresher.
+pub struct AuthSlot {
+    pub name: String,
+    policy: RwLock<Arc<JwtPolicy>>,
+    jwks_url: Option<String>,
+    refresh: Notify,
+}
+
+impl AuthSlot {
+    pub fn current(&self) -> Arc<JwtPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A token named a key we do not have: ask the refresher (rate-limited
+    /// there) to look again.
+    pub fn key_missing(&self) {
+        if self.jwks_url.is_some() {
+            self.refresh.notify_one();
+        }
+    }
+
+    fn replace(&self, p: JwtPolicy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+    }
+}
+
+/// Builds one policy; a `jwks_url` is fetched once here (first start).
+pub async fn build_slot(name: &str, conf: &AuthPolicy) -> Result<AuthSlot, AuthSetupError> {
+    let algorithms = conf
+        .algorithms
+        .iter()
+        .map(|a| {
+            a.parse::<JwtAlgorithm>()
+                .map_err(|_| AuthSetupError::Algorithm {
+                    name: name.to_string(),
+                    alg: a.clone(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| AuthSetupError::Read {
+            name: name.to_string(),
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut jwks_url = None;
+    let key = match &conf.key {
+        ConfKeySource::Secret { value, .. } => KeySource::Secret(value.clone().into_bytes()),
+        ConfKeySource::PublicKeyFile(p) => KeySource::PublicKeyPem(read(p)?),
+        ConfKeySource::JwksFile(p) => {
+            KeySource::Jwks(String::from_utf8_lossy(&read(p)?).into_owned())
+        }
+        ConfKeySource::JwksUrl(url) => {
+            jwks_url = Some(url.clone());
+            let (doc, _) = fetch_jwks(url)
+                .await
+                .map_err(|detail| AuthSetupError::Jwks {
+                    name: name.to_string(),
+                    detail,
+                })?;
+            KeySource::Jwks(doc)
+        }
+    };
+    let mut params = PolicyParams::new(algorithms, key);
+    params.issuer = conf.issuer.clone();
+    params.audience = conf.audience.clone();
+    params.leeway = conf.leeway;
+    params.forward_claims = conf.forward_claims.clone();
+    params.strip_authorization = conf.strip_authorization;
+    let policy = JwtPolicy::new(params).map_err(|source| AuthSetupError::Policy {
+        name: name.to_string(),
+        source,
+    })?;
+    for w in policy.jwks_warnings() {
+        tracing::warn!(policy = name, "{w}");
+    }
+    Ok(AuthSlot {
+        name: name.to_string(),
+        policy: RwLock::new(Arc::new(policy)),
+        jwks_url,
+        refresh: Notify::new(),
+    })
+}
+
+/// Default refresh period when the JWKS response names no max-age.
+const JWKS_REFRESH: Duration = Duration::from_secs(600);
+/// An unknown `kid` triggers at most one refresh per this period.
+const JWKS_MIN_GAP: Duration = Duration::from_secs(30);
+const JWKS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps a `jwks_url` policy's keys fresh: on the response's max-age (or
+/// every 10 min), and soon after an unknown `kid`, at most once per 30 s.
+/// A failed refresh keeps the last good key set.
+pub async fn jwks_refresher(slot: Arc<AuthSlot>, mut every: Duration) {
+    let Some(url) = slot.jwks_url.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {},
+            _ = slot.refresh.notified() => {},
+        }
+        match fetch_jwks(&url).await {
+            Ok((doc, max_age)) => match slot.current().with_jwks(&doc) {
+                Ok(p) => {
+                    tracing::info!(policy = %slot.name, keys = p.key_count(), "JWKS refreshed");
+                    slot.replace(p);
+                    every = max_age.unwrap_or(JWKS_REFRESH);
+                }
+                Err(e) => {
+                    tracing::warn!(policy = %slot.name, error = %e, "JWKS refresh refused; keeping the last good keys")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(policy = %slot.name, error = %e, "JWKS fetch failed; keeping the last good keys")
+            }
+        }
+        every = every.max(JWKS_MIN_GAP);
+        // Swallow kid-triggered wakeups that arrived meanwhile: one per gap.
+        tokio::time::sleep(JWKS_MIN_GAP).await;
+    }
+}
+
+/// GET the JWKS document; returns it and the Cache-Control max-age.
+async fn fetch_jwks(url: &str) -> Result<(String, Option<Duration>), String> {
+    let uri: http::Uri = url.parse().map_err(|_| "invalid URL".to_string())?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// JWKS URLs are supported until TLS lands in this build".into());
+    }
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::get(uri)
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(JWKS_TIMEOUT, client.request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status()));
+    }
+    let max_age = resp
+        .headers()
+        .get(http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| {
+            s.split(',').find_map(|d| {
+                d.trim()
+                    .strip_prefix("max-age=")
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+        })
+        .map(Duration::from_secs);
+    let body = Limited::new(resp.into_body(), asgi_gate_filters::jwt::MAX_JWKS_BYTES);
+    let bytes = tokio::time::timeout(JWKS_TIMEOUT, body.collect())
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let doc = String::from_utf8(bytes.to_vec()).map_err(|_| "not UTF-8".to_string())?;
+    Ok((doc, max_age))
+}
+
+/// The revocation list, its optional log, and the leeway the admin API adds
+/// to a bare `{jti, exp}` (the largest of all policies, so the entry lasts
+/// as long as any policy could still accept the token).
+pub struct Revocations {
+    pub list: RevocationList,
+    log: Option<Mutex<RevocationLog>>,
+    pub max_leeway: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("revocation log write failed: {0}")]
+pub struct LogWriteError(#[from] std::io::Error);
+
+impl Revocations {
+    pub fn open(conf: Option<&Revocation>, max_leeway: u64) -> Result<Revocations, AuthSetupError> {
+        let list = RevocationList::new();
+        let log = match conf.and_then(|c| c.persist_file.as_ref()) {
+            None => None,
+            Some(path) => {
+                let (log, replay) = RevocationLog::open(path, unix_now()).map_err(|source| {
+                    AuthSetupError::Log {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                for w in &replay.warnings {
+                    tracing::warn!(file = %path.display(), "revocation log: {w}");
+                }
+                let now = unix_now();
+                for (key, exp) in &replay.entries {
+                    list.revoke(key, *exp, now);
+                }
+                tracing::info!(file = %path.display(), live = list.len(), "revocation log replayed");
+                Some(Mutex::new(log))
+            }
+        };
+        Ok(Revocations {
+            list,
+            log,
+            max_leeway,
+        })
+    }
+
+    /// Writes (and fsyncs) first, then revokes: a 2xx after this survives
+    /// `kill -9`. Blocking: call from `spawn_blocking`.
+    pub fn revoke(&self, key: &str, exp: u64) -> Result<RevokeOutcome, LogWriteError> {
+        let now = unix_now();
+        if exp <= now {
+            return Ok(RevokeOutcome::AlreadyExpired);
+        }
+        if let Some(log) = &self.log {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            log.append_revoke(key, exp)?;
+            return Ok(self.list.revoke(key, exp, now));
+        }
+        Ok(self.list.revoke(key, exp, now))
+    }
+
+    /// Blocking, like `revoke`.
+    pub fn remove(&self, key: &str) -> Result<bool, LogWriteError> {
+        if self.list.get(key, unix_now()).is_none() {
+            return Ok(false);
+        }
+        if let Some(log) = &self.log {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            log.append_remove(key)?;
+        }
+        Ok(self.list.remove(key))
+    }
+
+    /// Forgets expired entries and compacts the log when it has grown past
+    /// twice the live size. Blocking.
+    pub fn maintain(&self) {
+        let now = unix_now();
+        self.list.sweep(now);
+        if let Some(log) = &self.log {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = log.compact_if_needed(&self.list, now) {
+                tracing::warn!(error = %e, "revocation log compaction failed; will retry");
+            }
+        }
+    }
+}
+
+/// Sweeps expired revocations every second (O(expired) each time).
+pub async fn revocation_sweeper(rev: Arc<Revocations>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let r = rev.clone();
+        let _ = tokio::task::spawn_blocking(move || r.maintain()).await;
+    }
+}
