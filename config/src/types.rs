@@ -39,19 +39,19 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub address: SocketAddr,
     pub tls: Option<Tls>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     pub address: SocketAddr,
     pub token_env: Option<String>,
@@ -59,7 +59,7 @@ pub struct Admin {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     /// Worker sockets. Empty only when loaded with `LoadOptions::supervised`
     /// (the supervisor fills them in).
@@ -70,7 +70,7 @@ pub struct Upstream {
     pub health_check: Option<HealthCheck>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
     /// default 64
     pub max_idle: usize,
@@ -80,7 +80,7 @@ pub struct Pool {
     pub idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     /// Starts with '/'.
     pub path: String,
@@ -112,7 +112,7 @@ pub enum KeySource {
     JwksUrl(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Revocation {
     pub persist_file: Option<PathBuf>,
     pub redis: Option<String>,
@@ -133,7 +133,7 @@ pub struct Rate {
     pub per: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimit {
     pub key: RateKey,
     pub rate: Rate,

@@ -21,13 +21,13 @@ use tokio::net::TcpListener;
 
 use crate::auth::unix_now;
 use crate::body::GateBody;
-use crate::gate::Gate;
+use crate::gate::{Gate, ReloadError, Shared};
 use crate::reject::{self, Reject};
 
 /// Admin request bodies are small JSON documents.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
-pub async fn serve(listener: TcpListener, gate: Arc<Gate>, conf: Admin) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, conf: Admin) {
     let conf = Arc::new(conf);
     loop {
         let (stream, _) = match listener.accept().await {
@@ -38,14 +38,14 @@ pub async fn serve(listener: TcpListener, gate: Arc<Gate>, conf: Admin) {
                 continue;
             }
         };
-        let gate = gate.clone();
+        let shared = shared.clone();
         let conf = conf.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let gate = gate.clone();
+                let shared = shared.clone();
                 let conf = conf.clone();
                 async move {
-                    let resp = match handle(&gate, &conf, req).await {
+                    let resp = match handle(&shared, &conf, req).await {
                         Ok(r) => r,
                         Err(rej) => reject::response(&rej),
                     };
@@ -74,10 +74,11 @@ fn json_value(status: StatusCode, v: &serde_json::Value) -> Response<GateBody> {
 }
 
 async fn handle(
-    gate: &Arc<Gate>,
+    shared: &Shared,
     conf: &Admin,
     req: Request<Incoming>,
 ) -> Result<Response<GateBody>, Reject> {
+    let gate = &shared.current();
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => Ok(json(StatusCode::OK, r#"{"status":"ok"}"#)),
@@ -89,10 +90,42 @@ async fn handle(
                 r#"{"status":"not_ready","detail":"an upstream has no worker answering"}"#,
             )
         }),
+        (Method::GET, "/metrics") => {
+            let mut r = Response::new(GateBody::full(crate::metrics::render(gate)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(r)
+        }
         (Method::GET, "/revocations") => Ok(json_value(
             StatusCode::OK,
             &serde_json::json!({ "count": gate.revocations.list.len() }),
         )),
+        (Method::POST, "/reload") => {
+            authorize(conf, &req)?;
+            let result = shared.reload().await;
+            crate::server::log_reload(&result);
+            Ok(match result {
+                Ok(notes) => json_value(
+                    StatusCode::OK,
+                    &serde_json::json!({ "status": "reloaded", "notes": notes }),
+                ),
+                Err(ReloadError::Invalid(errors)) => json_value(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({
+                        "error": "invalid_config",
+                        "detail": "the old config keeps serving",
+                        "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                    }),
+                ),
+                Err(e) => json_value(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": "reload_failed", "detail": e.to_string() }),
+                ),
+            })
+        }
+        (_, "/reload") => Err(Reject::MethodNotAllowed(HeaderValue::from_static("POST"))),
         (Method::POST, "/revocations") => {
             authorize(conf, &req)?;
             revoke(gate, req).await

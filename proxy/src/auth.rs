@@ -142,15 +142,22 @@ const JWKS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keeps a `jwks_url` policy's keys fresh: on the response's max-age (or
 /// every 10 min), and soon after an unknown `kid`, at most once per 30 s.
 /// A failed refresh keeps the last good key set.
-pub async fn jwks_refresher(slot: Arc<AuthSlot>, mut every: Duration) {
-    let Some(url) = slot.jwks_url.clone() else {
+pub async fn jwks_refresher(weak: std::sync::Weak<AuthSlot>) {
+    let Some(url) = weak.upgrade().and_then(|s| s.jwks_url.clone()) else {
         return;
     };
+    let mut every = JWKS_REFRESH;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {},
-            _ = slot.refresh.notified() => {},
+        // Hold the slot only while waiting on it; a reload that drops the
+        // policy ends this task at its next wake-up.
+        {
+            let Some(slot) = weak.upgrade() else { return };
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {},
+                _ = slot.refresh.notified() => {},
+            }
         }
+        let Some(slot) = weak.upgrade() else { return };
         match fetch_jwks(&url).await {
             Ok((doc, max_age)) => match slot.current().with_jwks(&doc) {
                 Ok(p) => {
@@ -167,6 +174,7 @@ pub async fn jwks_refresher(slot: Arc<AuthSlot>, mut every: Duration) {
             }
         }
         every = every.max(JWKS_MIN_GAP);
+        drop(slot);
         // Swallow kid-triggered wakeups that arrived meanwhile: one per gap.
         tokio::time::sleep(JWKS_MIN_GAP).await;
     }
@@ -297,12 +305,12 @@ impl Revocations {
 }
 
 /// Sweeps expired revocations every second (O(expired) each time).
-pub async fn revocation_sweeper(rev: Arc<Revocations>) {
+pub async fn revocation_sweeper(rev: std::sync::Weak<Revocations>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let r = rev.clone();
+        let Some(r) = rev.upgrade() else { return };
         let _ = tokio::task::spawn_blocking(move || r.maintain()).await;
     }
 }

@@ -13,6 +13,12 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+/// Response bytes as the worker sent them (before compression).
+static UPSTREAM_BYTES: std::sync::LazyLock<Option<prometheus::IntCounter>> =
+    std::sync::LazyLock::new(|| {
+        crate::metrics::get().map(|m| m.bytes.with_label_values(&["upstream"]))
+    });
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a request body stopped before its end.
@@ -158,9 +164,15 @@ impl Body for GateBody {
         match self.project() {
             GateBodyProj::Upstream { body, guard } => {
                 let r = ready!(body.poll_frame(cx));
-                if r.is_none() {
+                match &r {
                     // Release the worker slot as soon as its response is done.
-                    guard.take();
+                    None => drop(guard.take()),
+                    Some(Ok(f)) => {
+                        if let (Some(d), Some(c)) = (f.data_ref(), &*UPSTREAM_BYTES) {
+                            c.inc_by(d.len() as u64);
+                        }
+                    }
+                    Some(Err(_)) => {}
                 }
                 Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
             }

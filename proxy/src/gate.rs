@@ -6,7 +6,10 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use asgi_gate_config::{Config, Limits, RateKey, Route, RouteTarget};
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+use asgi_gate_config::{Config, ConfigErrors, Limits, LoadOptions, RateKey, Route, RouteTarget};
 use asgi_gate_filters::ratelimit::{KeyKind, LimitParams, RateLimit, RateLimitError};
 use http::HeaderName;
 use ipnet::IpNet;
@@ -17,7 +20,7 @@ use crate::upstream::Upstream;
 
 pub struct Gate {
     pub router: Router,
-    pub upstreams: Vec<Upstream>,
+    pub upstreams: Vec<Arc<Upstream>>,
     /// Named rate limits; routes naming the same limit share its buckets.
     pub rate_limits: Vec<Arc<RateLimit>>,
     pub auth: Vec<Arc<AuthSlot>>,
@@ -63,15 +66,26 @@ fn rate_limit(name: &str, conf: &asgi_gate_config::RateLimit) -> Result<RateLimi
 
 impl Gate {
     /// Builds the gate. Async because a `jwks_url` is fetched once at start.
-    pub async fn new(cfg: &Config) -> Result<Gate, GateError> {
-        let rate_limits = cfg
-            .rate_limits
-            .iter()
-            .map(|(name, conf)| rate_limit(name, conf).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+    /// On reload, `previous` lends what must survive it: the buckets of
+    /// unchanged rate limits, the pools of unchanged upstreams, and the
+    /// revocation list. New upstreams and policies get their background
+    /// tasks here.
+    pub async fn build(cfg: &Config, previous: Option<&Gate>) -> Result<Gate, GateError> {
+        let mut rate_limits = Vec::with_capacity(cfg.rate_limits.len());
+        for (name, conf) in &cfg.rate_limits {
+            let fresh = rate_limit(name, conf)?;
+            let kept = previous.and_then(|p| {
+                p.rate_limits
+                    .iter()
+                    .find(|l| l.name() == name && l.params() == fresh.params())
+            });
+            rate_limits.push(kept.cloned().unwrap_or_else(|| Arc::new(fresh)));
+        }
         let mut auth = Vec::with_capacity(cfg.auth.len());
         for (name, conf) in &cfg.auth {
-            auth.push(Arc::new(auth::build_slot(name, conf).await?));
+            let slot = Arc::new(auth::build_slot(name, conf).await?);
+            tokio::spawn(auth::jwks_refresher(Arc::downgrade(&slot)));
+            auth.push(slot);
         }
         let mut claim_headers: Vec<HeaderName> = Vec::new();
         for slot in &auth {
@@ -86,11 +100,30 @@ impl Gate {
             .map(|s| s.current().leeway_secs())
             .max()
             .unwrap_or(0);
-        let revocations = Arc::new(Revocations::open(cfg.revocation.as_ref(), max_leeway)?);
-        let upstreams: Vec<Upstream> = cfg
+        let revocations = match previous {
+            // The list outlives reloads; its log file is a restart-time setting.
+            Some(p) => p.revocations.clone(),
+            None => {
+                let r = Arc::new(Revocations::open(cfg.revocation.as_ref(), max_leeway)?);
+                tokio::spawn(auth::revocation_sweeper(Arc::downgrade(&r)));
+                r
+            }
+        };
+        let upstreams: Vec<Arc<Upstream>> = cfg
             .upstreams
             .iter()
-            .map(|(name, conf)| Upstream::new(name, conf))
+            .map(|(name, conf)| {
+                let kept = previous.and_then(|p| {
+                    p.upstreams
+                        .iter()
+                        .find(|u| u.name == *name && u.conf == *conf)
+                });
+                kept.cloned().unwrap_or_else(|| {
+                    let up = Arc::new(Upstream::new(name, conf));
+                    tokio::spawn(crate::upstream::health_loop(Arc::downgrade(&up)));
+                    up
+                })
+            })
             .collect();
         let router = Router::new(&cfg.routes, |route| {
             route_entry(route, cfg, &upstreams, &rate_limits, &auth)
@@ -118,7 +151,7 @@ impl Gate {
 fn route_entry(
     route: &Route,
     cfg: &Config,
-    upstreams: &[Upstream],
+    upstreams: &[Arc<Upstream>],
     limits: &[Arc<RateLimit>],
     auth: &[Arc<AuthSlot>],
 ) -> Result<RouteEntry, RouterError> {
@@ -165,4 +198,96 @@ fn route_entry(
         auth,
         compression: crate::compress::route_policy(cfg.compression.as_ref(), route),
     })
+}
+
+/// The gate currently serving, swapped whole on reload: each request takes
+/// the current one when it starts and finishes on it.
+pub struct Shared {
+    current: RwLock<Arc<Gate>>,
+    /// Settings only a restart applies, as the gate started with them.
+    started: Config,
+    path: Option<PathBuf>,
+    opts: LoadOptions,
+    /// Applied to every reloaded config (supervisor mode fills in sockets).
+    adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no config file to reload (built-in config)")]
+    NoFile,
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    #[error("{0}")]
+    Build(#[from] GateError),
+}
+
+impl Shared {
+    pub fn new(
+        gate: Gate,
+        started: Config,
+        path: Option<PathBuf>,
+        opts: LoadOptions,
+        adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
+    ) -> Shared {
+        Shared {
+            current: RwLock::new(Arc::new(gate)),
+            started,
+            path,
+            opts,
+            adjust,
+        }
+    }
+
+    pub fn current(&self) -> Arc<Gate> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the config file. Valid: routes, policies, limits, upstreams
+    /// and compression swap at once for new requests; the returned notes
+    /// name changes that need a restart (not applied). Invalid: nothing
+    /// changes and every error comes back with its position.
+    pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        let result = self.try_reload().await;
+        if let Some(m) = crate::metrics::get() {
+            let label = if result.is_ok() { "ok" } else { "failed" };
+            m.reloads.with_label_values(&[label]).inc();
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<Vec<String>, ReloadError> {
+        let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
+        let mut cfg = asgi_gate_config::load(path, self.opts).map_err(ReloadError::Invalid)?;
+        (self.adjust)(&mut cfg);
+        let mut notes = Vec::new();
+        let old = &self.started;
+        if cfg.listen != old.listen {
+            notes.push("`listen` changed: restart to apply".to_string());
+        }
+        if cfg.admin.address != old.admin.address {
+            notes.push("`admin.address` changed: restart to apply".to_string());
+        }
+        if cfg.threads != old.threads {
+            notes.push("`threads` changed: restart to apply".to_string());
+        }
+        if cfg.revocation != old.revocation {
+            notes.push("`revocation` changed: restart to apply".to_string());
+        }
+        if cfg.limits.header_timeout != old.limits.header_timeout
+            || cfg.limits.max_header_bytes != old.limits.max_header_bytes
+        {
+            notes.push(
+                "`limits.header_timeout`/`max_header_bytes` apply to new connections only"
+                    .to_string(),
+            );
+        }
+        let previous = self.current();
+        let gate = Gate::build(&cfg, Some(&previous)).await?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gate);
+        Ok(notes)
+    }
 }

@@ -3,11 +3,13 @@
 //! (1 thread by default, leaving the cores to Python) and serves.
 #![forbid(unsafe_code)]
 
+mod accesslog;
 mod admin;
 mod auth;
 mod body;
 mod compress;
 mod gate;
+mod metrics;
 mod pipeline;
 mod reject;
 mod router;
@@ -35,6 +37,12 @@ struct Cli {
     /// Config file (YAML).
     #[arg(short = 'c', long = "config", global = true)]
     config: Option<PathBuf>,
+    /// Access log format on stdout (default: json when stdout is not a terminal, else text).
+    #[arg(long = "log-format", global = true, value_enum)]
+    log_format: Option<accesslog::Format>,
+    /// No access log (metrics are still counted).
+    #[arg(long = "no-access-log", global = true)]
+    no_access_log: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -59,7 +67,21 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        None => serve(&path),
+        None => {
+            if !cli.no_access_log {
+                let format = cli.log_format.unwrap_or(
+                    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                        accesslog::Format::Text
+                    } else {
+                        accesslog::Format::Json
+                    },
+                );
+                accesslog::init(format);
+            }
+            let code = serve(&path);
+            accesslog::flush();
+            code
+        }
     }
 }
 
@@ -99,7 +121,12 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::serve(cfg)) {
+    let source = server::ConfigSource {
+        path: Some(path.to_path_buf()),
+        opts: LoadOptions::default(),
+        adjust: Box::new(|_| {}),
+    };
+    match runtime.block_on(server::serve(cfg, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("asgi-gate: {e}");

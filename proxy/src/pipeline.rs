@@ -14,6 +14,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
+use crate::accesslog::{LoggedBody, RequestLog};
 use crate::auth::{self, AuthSlot};
 use crate::body::{GateBody, InFlight, RequestBody};
 use crate::compress;
@@ -30,26 +31,33 @@ pub struct ConnInfo {
     pub proto: &'static str,
 }
 
-/// Handles one request; never fails: a refusal is a response too.
+/// Handles one request; never fails: a refusal is a response too. The
+/// request is logged (and counted) when its response body ends.
 pub async fn handle(
     gate: Arc<Gate>,
     conn: ConnInfo,
     mut req: Request<Incoming>,
-) -> Response<GateBody> {
+) -> Response<LoggedBody> {
     let id = request_id::ensure(req.headers_mut());
-    let mut resp = match process(&gate, &conn, req).await {
+    let mut log = RequestLog::start(req.method(), req.uri().path(), id.clone());
+    let mut resp = match process(&gate, &conn, req, &mut log).await {
         Ok(resp) => resp,
-        Err(rej) => reject::response(&rej),
+        Err(rej) => {
+            log.reason = Some(rej.reason());
+            reject::response(&rej)
+        }
     };
     resp.headers_mut()
         .insert(request_id::X_REQUEST_ID.clone(), id);
-    resp
+    log.status = resp.status();
+    resp.map(|body| LoggedBody::new(body, log))
 }
 
 async fn process(
     gate: &Gate,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
+    log: &mut RequestLog,
 ) -> Result<Response<GateBody>, Reject> {
     // 1. Size limits on what has arrived so far.
     limits::check_head(
@@ -64,8 +72,10 @@ async fn process(
         .map_err(|_| Reject::BadRequest("more than one Host header"))?;
 
     // 2. Route: path pattern, then method.
-    let route = gate.router.find(req.uri().path(), req.method())?.clone();
     let client_ip = forwarding::client_ip(conn.peer.ip(), req.headers(), &gate.trusted_proxies);
+    log.client_ip = Some(client_ip);
+    let route = gate.router.find(req.uri().path(), req.method())?.clone();
+    log.route = Some(route.clone());
 
     // 3. Rate limits keyed by client IP or header, before any token work.
     let mut limit_headers = HeaderMap::new();
@@ -115,7 +125,8 @@ async fn process(
         .upstreams
         .get(route.upstream)
         .ok_or(Reject::BadGateway)?;
-    let (resp, in_flight) = upstream.send(req).await?;
+    let (resp, in_flight, socket) = upstream.send(req).await?;
+    log.socket = Some(socket);
     let mut resp = match on_upgrade {
         Some(client_side) => websocket::relay(gate, resp, in_flight, client_side)?,
         None => to_client(resp, in_flight),

@@ -52,6 +52,21 @@ impl Reject {
         }
     }
 
+    /// The `reason` label of `asgi_gate_rejections_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::BadRequest(_) => "bad_request",
+            Reject::Auth(AuthError::Revoked) => "revoked",
+            Reject::Auth(_) => "auth",
+            Reject::Forbidden(_) => "forbidden",
+            Reject::NotFound | Reject::MethodNotAllowed(_) => "no_route",
+            Reject::PayloadTooLarge => "body_limit",
+            Reject::HeadersTooLarge => "header_limit",
+            Reject::RateLimited(_) => "rate_limit",
+            Reject::BadGateway | Reject::ServiceUnavailable | Reject::GatewayTimeout => "upstream",
+        }
+    }
+
     /// The machine-readable code in the body (design.md "Rejections").
     pub fn code(&self) -> &'static str {
         match self {

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use asgi_gate_config::Config;
+use std::path::PathBuf;
+
+use asgi_gate_config::{Config, LoadOptions};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -16,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::admin;
-use crate::gate::Gate;
+use crate::gate::{Gate, ReloadError, Shared};
 use crate::pipeline::{self, ConnInfo};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,16 +40,24 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// Where the config came from, so SIGHUP and `POST /reload` can read it again.
+pub struct ConfigSource {
+    pub path: Option<PathBuf>,
+    pub opts: LoadOptions,
+    /// Applied to every reloaded config (supervisor mode fills in sockets).
+    pub adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
+}
+
 /// Serves until SIGTERM/SIGINT, then drains for up to `shutdown_grace`.
-pub async fn serve(cfg: Config) -> Result<(), ServeError> {
-    let gate = Arc::new(Gate::new(&cfg).await?);
-    for slot in &gate.auth {
-        tokio::spawn(crate::auth::jwks_refresher(
-            slot.clone(),
-            Duration::from_secs(600),
-        ));
-    }
-    tokio::spawn(crate::auth::revocation_sweeper(gate.revocations.clone()));
+pub async fn serve(cfg: Config, source: ConfigSource) -> Result<(), ServeError> {
+    let gate = Gate::build(&cfg, None).await?;
+    let shared = Arc::new(Shared::new(
+        gate,
+        cfg.clone(),
+        source.path,
+        source.opts,
+        source.adjust,
+    ));
     let mut listeners = Vec::with_capacity(cfg.listen.len());
     for l in &cfg.listen {
         let listener = bind(l.address).await?;
@@ -60,13 +70,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let admin_local = admin_listener.local_addr().unwrap_or(cfg.admin.address);
     eprintln!("asgi-gate: admin listening on {admin_local}");
 
-    for i in 0..gate.upstreams.len() {
-        tokio::spawn(health_loop(gate.clone(), i));
-    }
-    tokio::spawn(rate_limit_housekeeping(gate.clone()));
+    tokio::spawn(rate_limit_housekeeping(shared.clone()));
+    tokio::spawn(reload_on_sighup(shared.clone()));
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
-        gate.clone(),
+        shared.clone(),
         cfg.admin.clone(),
     ));
 
@@ -77,7 +85,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     for listener in listeners {
         accept_tasks.push(tokio::spawn(accept_loop(
             listener,
-            gate.clone(),
+            shared.clone(),
             builder.clone(),
             graceful.clone(),
             stop_rx.clone(),
@@ -124,7 +132,7 @@ fn connection_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
 
 async fn accept_loop(
     listener: TcpListener,
-    gate: Arc<Gate>,
+    shared: Arc<Shared>,
     builder: auto::Builder<TokioExecutor>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
@@ -145,7 +153,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let gate = gate.clone();
+        let shared = shared.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -157,7 +165,8 @@ async fn accept_loop(
                 proto: "http",
             };
             let svc = service_fn(move |req| {
-                let gate = gate.clone();
+                // Each request runs on the config current when it starts.
+                let gate = shared.current();
                 async move { Ok::<_, Infallible>(pipeline::handle(gate, info, req).await) }
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
@@ -191,35 +200,45 @@ async fn request_started(stream: &TcpStream, limit: Duration) -> bool {
     }
 }
 
-async fn health_loop(gate: Arc<Gate>, index: usize) {
-    let Some(up) = gate.upstreams.get(index) else {
-        return;
-    };
-    let every = up
-        .health
-        .as_ref()
-        .map(|h| h.interval)
-        .unwrap_or(Duration::from_secs(5));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        up.check_health().await;
-    }
-}
-
 /// Drops idle buckets so memory follows the live key count, not the peak.
-async fn rate_limit_housekeeping(gate: Arc<Gate>) {
-    if gate.rate_limits.is_empty() {
-        return;
-    }
+async fn rate_limit_housekeeping(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for l in &gate.rate_limits {
+        for l in &shared.current().rate_limits {
             l.housekeeping();
         }
+    }
+}
+
+/// SIGHUP re-reads the config; a bad one is logged and changes nothing.
+async fn reload_on_sighup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        log_reload(&shared.reload().await);
+    }
+}
+
+/// One log line per outcome, every config error with its position.
+pub fn log_reload(result: &Result<Vec<String>, ReloadError>) {
+    match result {
+        Ok(notes) => {
+            tracing::info!("config reloaded");
+            for n in notes {
+                tracing::warn!("{n}");
+            }
+        }
+        Err(ReloadError::Invalid(errors)) => {
+            for e in &errors.0 {
+                tracing::error!("reload refused, old config keeps serving: {e}");
+            }
+        }
+        Err(e) => tracing::error!("reload refused, old config keeps serving: {e}"),
     }
 }
 

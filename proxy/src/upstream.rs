@@ -97,6 +97,8 @@ pub struct UdsConnector {
     permits: Arc<Semaphore>,
     max: usize,
     connect_timeout: Duration,
+    waits: Option<prometheus::IntCounter>,
+    errors: Option<prometheus::IntCounter>,
 }
 
 impl tower_service::Service<Uri> for UdsConnector {
@@ -112,13 +114,31 @@ impl tower_service::Service<Uri> for UdsConnector {
         let me = self.clone();
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + me.connect_timeout;
-            let permit = match tokio::time::timeout_at(deadline, me.permits.acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                _ => return Err(ConnectError::PoolFull(me.max)),
+            let permit = match me.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if let Some(w) = &me.waits {
+                        w.inc();
+                    }
+                    match tokio::time::timeout_at(deadline, me.permits.acquire_owned()).await {
+                        Ok(Ok(p)) => p,
+                        _ => return Err(ConnectError::PoolFull(me.max)),
+                    }
+                }
             };
-            let stream = tokio::time::timeout_at(deadline, UnixStream::connect(&*me.path))
-                .await
-                .map_err(|_| ConnectError::Timeout)??;
+            let connected = tokio::time::timeout_at(deadline, UnixStream::connect(&*me.path)).await;
+            let stream = match connected {
+                Ok(Ok(s)) => s,
+                failed => {
+                    if let Some(e) = &me.errors {
+                        e.inc();
+                    }
+                    return Err(match failed {
+                        Ok(Err(e)) => ConnectError::Io(e),
+                        _ => ConnectError::Timeout,
+                    });
+                }
+            };
             Ok(TokioIo::new(UdsStream {
                 stream,
                 _permit: permit,
@@ -129,20 +149,27 @@ impl tower_service::Service<Uri> for UdsConnector {
 
 /// One worker socket with its pool.
 pub struct Worker {
-    pub socket: PathBuf,
+    pub socket: Arc<PathBuf>,
     client: Client<UdsConnector, RequestBody>,
+    permits: Arc<Semaphore>,
+    max: usize,
     in_flight: Arc<AtomicUsize>,
     healthy: AtomicBool,
 }
 
 impl Worker {
-    fn new(socket: PathBuf, conf: &UpstreamConf) -> Worker {
+    fn new(upstream: &str, socket: PathBuf, conf: &UpstreamConf) -> Worker {
         let max = conf.pool.max_connections.max(1);
+        let permits = Arc::new(Semaphore::new(max));
+        let socket = Arc::new(socket);
+        let metrics = crate::metrics::get();
         let connector = UdsConnector {
-            path: Arc::new(socket.clone()),
-            permits: Arc::new(Semaphore::new(max)),
+            path: socket.clone(),
+            permits: permits.clone(),
             max,
             connect_timeout: conf.connect_timeout,
+            waits: metrics.map(|m| m.pool_waits.with_label_values(&[upstream])),
+            errors: metrics.map(|m| m.connect_errors.with_label_values(&[upstream])),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -157,6 +184,8 @@ impl Worker {
         Worker {
             socket,
             client,
+            permits,
+            max,
             in_flight: Arc::new(AtomicUsize::new(0)),
             // Optimistic until the first health check says otherwise.
             healthy: AtomicBool::new(true),
@@ -175,6 +204,8 @@ impl Worker {
 /// A named group of workers.
 pub struct Upstream {
     pub name: String,
+    /// What it was built from: a reload keeps the pools of an unchanged upstream.
+    pub conf: UpstreamConf,
     pub workers: Vec<Worker>,
     pub read_timeout: Duration,
     pub health: Option<asgi_gate_config::HealthCheck>,
@@ -187,10 +218,11 @@ impl Upstream {
     pub fn new(name: &str, conf: &UpstreamConf) -> Upstream {
         Upstream {
             name: name.to_string(),
+            conf: conf.clone(),
             workers: conf
                 .sockets
                 .iter()
-                .map(|s| Worker::new(s.clone(), conf))
+                .map(|s| Worker::new(name, s.clone(), conf))
                 .collect(),
             read_timeout: conf.read_timeout,
             health: conf.health_check.clone(),
@@ -212,13 +244,13 @@ impl Upstream {
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, InFlight), Reject> {
+    ) -> Result<(Response<Incoming>, InFlight, Arc<PathBuf>), Reject> {
         let worker = self.pick().ok_or(Reject::BadGateway)?;
         let guard = InFlight::enter(&worker.in_flight);
         *req.uri_mut() = pool_uri(req.uri())?;
         *req.version_mut() = http::Version::HTTP_11;
         match tokio::time::timeout(self.read_timeout, worker.client.request(req)).await {
-            Ok(Ok(resp)) => Ok((resp, guard)),
+            Ok(Ok(resp)) => Ok((resp, guard, worker.socket.clone())),
             Ok(Err(e)) => Err(self.classify(worker, &e)),
             Err(_) => {
                 tracing::warn!(upstream = %self.name, socket = %worker.socket.display(), "worker did not answer within read_timeout");
@@ -258,7 +290,7 @@ impl Upstream {
         for w in &self.workers {
             let ok = match &self.health {
                 Some(hc) => probe(w, &hc.path, self.read_timeout.min(Duration::from_secs(5))).await,
-                None => UnixStream::connect(&w.socket).await.is_ok(),
+                None => UnixStream::connect(&*w.socket).await.is_ok(),
             };
             if ok != w.is_healthy() {
                 tracing::info!(upstream = %self.name, socket = %w.socket.display(), healthy = ok, "worker health changed");
@@ -267,8 +299,41 @@ impl Upstream {
         }
     }
 
+    /// (busy, idle, waiting) summed over the workers: open sockets serving
+    /// a request, open sockets idle in the pool, requests without a socket.
+    pub fn pool_state(&self) -> (usize, usize, usize) {
+        self.workers.iter().fold((0, 0, 0), |(b, i, w), worker| {
+            let open = worker
+                .max
+                .saturating_sub(worker.permits.available_permits());
+            let in_flight = worker.in_flight.load(Ordering::Relaxed);
+            let busy = in_flight.min(open);
+            (b + busy, i + open - busy, w + in_flight - busy)
+        })
+    }
+
     pub fn any_healthy(&self) -> bool {
         self.workers.iter().any(|w| w.is_healthy())
+    }
+}
+
+/// Checks the upstream's workers every `health_check.interval` (5 s without
+/// one) for as long as a gate uses this upstream.
+pub async fn health_loop(up: std::sync::Weak<Upstream>) {
+    let every = match up.upgrade() {
+        Some(u) => u
+            .health
+            .as_ref()
+            .map(|h| h.interval)
+            .unwrap_or(Duration::from_secs(5)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(u) = up.upgrade() else { return };
+        u.check_health().await;
     }
 }
 

@@ -1,0 +1,193 @@
+//! Prometheus metrics (`GET /metrics` on the admin listener). One registry
+//! for the process, so counters survive config reloads. Labels are bounded:
+//! the route label is the configured pattern, never the raw URL; methods
+//! outside the standard set count as `other`.
+
+use std::sync::LazyLock;
+
+use http::Method;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::gate::Gate;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub rejections: IntCounterVec,
+    pub pool_connections: IntGaugeVec,
+    pub pool_waits: IntCounterVec,
+    pub connect_errors: IntCounterVec,
+    pub revocations: IntGauge,
+    pub rate_limit_keys: IntGaugeVec,
+    pub websockets_open: IntGauge,
+    pub bytes: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub worker_restarts: IntCounter,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new_custom(Some("asgi_gate".into()), None)?;
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "requests_total",
+            "Requests answered, by route pattern, method and status.",
+        ),
+        &["route", "method", "status"],
+    )?;
+    let duration = HistogramVec::new(
+        HistogramOpts::new(
+            "request_duration_seconds",
+            "Time from request head to the end of the response body, by route pattern.",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+        &["route"],
+    )?;
+    let rejections = IntCounterVec::new(
+        Opts::new(
+            "rejections_total",
+            "Requests the gate answered itself, by reason.",
+        ),
+        &["reason"],
+    )?;
+    let pool_connections = IntGaugeVec::new(
+        Opts::new(
+            "upstream_connections",
+            "Upstream pool: open sockets busy with a request, idle, and requests waiting for one.",
+        ),
+        &["upstream", "state"],
+    )?;
+    let pool_waits = IntCounterVec::new(
+        Opts::new(
+            "upstream_pool_waits_total",
+            "Connection attempts that had to wait because max_connections sockets were open.",
+        ),
+        &["upstream"],
+    )?;
+    let connect_errors = IntCounterVec::new(
+        Opts::new(
+            "upstream_connect_errors_total",
+            "Failed connects to a worker socket.",
+        ),
+        &["upstream"],
+    )?;
+    let revocations = IntGauge::new("revocation_entries", "Live entries in the revocation list.")?;
+    let rate_limit_keys = IntGaugeVec::new(
+        Opts::new("rate_limit_keys", "Keys with a bucket, per named limit."),
+        &["limit"],
+    )?;
+    let websockets_open = IntGauge::new(
+        "websocket_connections_open",
+        "WebSocket sessions currently relayed.",
+    )?;
+    let bytes = IntCounterVec::new(
+        Opts::new(
+            "response_bytes_total",
+            "Response body bytes: from the worker (before compression) and to the client (after).",
+        ),
+        &["stage"],
+    )?;
+    let reloads = IntCounterVec::new(
+        Opts::new("config_reloads_total", "Config reloads, by result."),
+        &["result"],
+    )?;
+    let worker_restarts = IntCounter::new(
+        "worker_restarts_total",
+        "Workers restarted by the supervisor after they exited.",
+    )?;
+    registry.register(Box::new(requests.clone()))?;
+    registry.register(Box::new(duration.clone()))?;
+    registry.register(Box::new(rejections.clone()))?;
+    registry.register(Box::new(pool_connections.clone()))?;
+    registry.register(Box::new(pool_waits.clone()))?;
+    registry.register(Box::new(connect_errors.clone()))?;
+    registry.register(Box::new(revocations.clone()))?;
+    registry.register(Box::new(rate_limit_keys.clone()))?;
+    registry.register(Box::new(websockets_open.clone()))?;
+    registry.register(Box::new(bytes.clone()))?;
+    registry.register(Box::new(reloads.clone()))?;
+    registry.register(Box::new(worker_restarts.clone()))?;
+    Ok(Metrics {
+        registry,
+        requests,
+        duration,
+        rejections,
+        pool_connections,
+        pool_waits,
+        connect_errors,
+        revocations,
+        rate_limit_keys,
+        websockets_open,
+        bytes,
+        reloads,
+        worker_restarts,
+    })
+}
+
+/// The process's metrics. The names and label sets above are fixed, so
+/// building them cannot fail at run time; if it ever did, the gate would
+/// rather run without metrics than not at all.
+pub static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| match build() {
+    Ok(m) => Some(m),
+    Err(e) => {
+        tracing::error!(error = %e, "metrics disabled");
+        None
+    }
+});
+
+pub fn get() -> Option<&'static Metrics> {
+    METRICS.as_ref()
+}
+
+/// A bounded method label.
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Text exposition format, with the gauges read from the gate just now.
+pub fn render(gate: &Gate) -> Vec<u8> {
+    let Some(m) = get() else {
+        return Vec::new();
+    };
+    for up in &gate.upstreams {
+        let (busy, idle, waiting) = up.pool_state();
+        m.pool_connections
+            .with_label_values(&[up.name.as_str(), "busy"])
+            .set(busy as i64);
+        m.pool_connections
+            .with_label_values(&[up.name.as_str(), "idle"])
+            .set(idle as i64);
+        m.pool_connections
+            .with_label_values(&[up.name.as_str(), "waiting"])
+            .set(waiting as i64);
+    }
+    m.revocations.set(gate.revocations.list.len() as i64);
+    for l in &gate.rate_limits {
+        m.rate_limit_keys
+            .with_label_values(&[l.name()])
+            .set(l.len() as i64);
+    }
+    m.websockets_open.set(
+        gate.websockets_open
+            .load(std::sync::atomic::Ordering::Relaxed) as i64,
+    );
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&m.registry.gather(), &mut out);
+    out
+}
