@@ -40,6 +40,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 
 /// Serves until SIGTERM/SIGINT, then drains for up to `shutdown_grace`.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    serve_until(cfg, shutdown_signal()).await
+}
+
+/// Serves until `shutdown` resolves, then drains for up to `shutdown_grace`.
+pub async fn serve_until(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
     let gate = Arc::new(Gate::new(&cfg)?);
     let mut listeners = Vec::with_capacity(cfg.listen.len());
     for l in &cfg.listen {
@@ -79,7 +87,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     drop(stop_rx);
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     let _ = stop_tx.send(true);
     for t in accept_tasks {
@@ -216,7 +224,7 @@ async fn rate_limit_housekeeping(gate: Arc<Gate>) {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
