@@ -157,6 +157,17 @@ impl RunGate {
         self.child.id()
     }
 
+    /// The private socket directory, from the `worker started` log lines.
+    fn socket_dir(&self) -> std::path::PathBuf {
+        let log = self.log();
+        let sock = log
+            .lines()
+            .find_map(|l| l.split("socket=").nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no socket in the log:\n{log}"));
+        std::path::Path::new(sock).parent().unwrap().to_path_buf()
+    }
+
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -190,7 +201,13 @@ impl RunGate {
 
 impl Drop for RunGate {
     fn drop(&mut self) {
-        if self.status.is_none() {
+        if let Ok(None) = self.child.try_wait() {
+            // SIGTERM first, so that the gate removes its socket directory.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -367,6 +384,7 @@ async fn sigterm_drains_first_then_stops_every_worker() {
         "workers left behind: {:?}",
         workers.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
     );
+    assert!(!g.socket_dir().exists(), "socket directory left behind");
     let log = g.log();
     let drain = log.find("draining").expect("drain logged");
     let stop = log.find("stopping workers").expect("worker stop logged");
@@ -380,6 +398,8 @@ async fn sigterm_drains_first_then_stops_every_worker() {
 async fn gate_sigkill_takes_the_workers_with_it() {
     let mut g = RunGate::start(2, uvicorn_cmd(&[])).await;
     let workers = g.workers();
+    let dir = g.socket_dir();
+    assert!(dir.exists());
     assert_eq!(get(g.addr, "/hello").await.status, 200);
     g.signal(libc::SIGKILL);
     assert!(g.wait_exit(Duration::from_secs(5)).await.is_some());
@@ -388,6 +408,8 @@ async fn gate_sigkill_takes_the_workers_with_it() {
         "orphans after the gate was SIGKILLed: {:?}",
         workers.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
     );
+    // Nobody was left to remove it.
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
