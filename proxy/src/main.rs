@@ -72,25 +72,23 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let check = match cli.command {
-        Some(Command::Run(args)) => return run(cli.config.as_deref(), args),
-        Some(Command::Check) => true,
-        None => false,
-    };
+    if let Some(Command::Run(args)) = cli.command {
+        return run(cli.config.as_deref(), args);
+    }
     let Some(path) = cli.config else {
         eprintln!("asgi-gate: a config file is required: asgi-gate -c gate.yaml");
         return ExitCode::from(EXIT_BAD_CONFIG);
     };
-    if check {
-        match asgi_gate_config::load(&path, LoadOptions::default()) {
+    match cli.command {
+        Some(Command::Run(_)) => ExitCode::FAILURE, // returned above
+        Some(Command::Check) => match asgi_gate_config::load(&path, LoadOptions::default()) {
             Ok(_) => ExitCode::SUCCESS,
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::from(1)
             }
-        }
-    } else {
-        serve(&path)
+        },
+        None => serve(&path),
     }
 }
 
