@@ -50,6 +50,15 @@ pub struct ConfigSource {
 
 /// Serves until SIGTERM/SIGINT, then drains for up to `shutdown_grace`.
 pub async fn serve(cfg: Config, source: ConfigSource) -> Result<(), ServeError> {
+    serve_until(cfg, source, shutdown_signal()).await
+}
+
+/// Serves until `shutdown` resolves, then drains for up to `shutdown_grace`.
+pub async fn serve_until(
+    cfg: Config,
+    source: ConfigSource,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
     let gate = Gate::build(&cfg, None).await?;
     let shared = Arc::new(Shared::new(
         gate,
@@ -94,7 +103,7 @@ pub async fn serve(cfg: Config, source: ConfigSource) -> Result<(), ServeError> 
     }
     drop(stop_rx);
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     let _ = stop_tx.send(true);
     for t in accept_tasks {
@@ -242,7 +251,7 @@ pub fn log_reload(result: &Result<Vec<String>, ReloadError>) {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());

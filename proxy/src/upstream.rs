@@ -268,7 +268,14 @@ impl Upstream {
                 tracing::warn!(upstream = %self.name, socket = %worker.socket.display(), error = %ce, "no connection to worker");
                 return match ce {
                     ConnectError::PoolFull(_) => Reject::ServiceUnavailable,
-                    ConnectError::Timeout | ConnectError::Io(_) => Reject::BadGateway,
+                    ConnectError::Timeout => Reject::BadGateway,
+                    ConnectError::Io(_) => {
+                        // Refused or gone (a worker died): out of the rotation
+                        // at once rather than at the next health check, which
+                        // brings it back when it answers again.
+                        worker.set_healthy(false);
+                        Reject::BadGateway
+                    }
                 };
             }
             if let Some(be) = err.downcast_ref::<RequestBodyError>() {
