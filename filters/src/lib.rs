@@ -5,8 +5,10 @@
 
 pub mod compression;
 pub mod forwarding;
+pub mod hosts;
 pub mod jwt;
 pub mod limits;
 pub mod ratelimit;
 pub mod request_id;
 pub mod revocation;
+pub mod security_headers;

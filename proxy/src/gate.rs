@@ -11,7 +11,8 @@ use std::sync::RwLock;
 
 use asgi_gate_config::{Config, ConfigErrors, Limits, LoadOptions, RateKey, Route, RouteTarget};
 use asgi_gate_filters::ratelimit::{KeyKind, LimitParams, RateLimit, RateLimitError};
-use http::HeaderName;
+use asgi_gate_filters::security_headers;
+use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use crate::auth::{self, AuthSetupError, AuthSlot, Revocations};
@@ -30,6 +31,11 @@ pub struct Gate {
     pub revocations: Arc<Revocations>,
     pub trusted_proxies: Vec<IpNet>,
     pub limits: Limits,
+    /// `None` = any host.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// `https_redirect: true`: the port plain-HTTP requests are sent to.
+    pub https_redirect: Option<u16>,
+    pub security_headers: Option<security_headers::Policy>,
     /// WebSocket sessions currently relayed.
     pub websockets_open: Arc<AtomicUsize>,
 }
@@ -45,6 +51,26 @@ pub enum GateError {
     },
     #[error("{0}")]
     Auth(#[from] AuthSetupError),
+    #[error("security_headers.{0}: not a valid header value")]
+    HeaderValue(&'static str),
+}
+
+fn security_policy(cfg: &Config) -> Result<Option<security_headers::Policy>, GateError> {
+    let Some(sh) = &cfg.security_headers else {
+        return Ok(None);
+    };
+    let value = |v: &Option<String>, name: &'static str| {
+        v.as_deref()
+            .map(|s| HeaderValue::from_str(s).map_err(|_| GateError::HeaderValue(name)))
+            .transpose()
+    };
+    Ok(Some(security_headers::Policy {
+        hsts: sh.hsts,
+        content_type_options: value(&sh.content_type_options, "content_type_options")?,
+        referrer_policy: value(&sh.referrer_policy, "referrer_policy")?,
+        frame_options: value(&sh.frame_options, "frame_options")?,
+        remove: sh.remove.clone(),
+    }))
 }
 
 fn rate_limit(name: &str, conf: &asgi_gate_config::RateLimit) -> Result<RateLimit, GateError> {
@@ -137,6 +163,17 @@ impl Gate {
             revocations,
             trusted_proxies: cfg.trusted_proxies.clone(),
             limits: cfg.limits.clone(),
+            allowed_hosts: cfg.allowed_hosts.clone(),
+            https_redirect: cfg
+                .https_redirect
+                .then(|| {
+                    cfg.listen
+                        .iter()
+                        .find(|l| l.tls.is_some())
+                        .map(|l| l.address.port())
+                })
+                .flatten(),
+            security_headers: security_policy(cfg)?,
             websockets_open: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -210,6 +247,8 @@ pub struct Shared {
     opts: LoadOptions,
     /// Applied to every reloaded config (supervisor mode fills in sockets).
     adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
+    /// TLS listeners' certificates, re-read on every reload.
+    certs: Vec<Arc<crate::tls::Tls>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +268,7 @@ impl Shared {
         path: Option<PathBuf>,
         opts: LoadOptions,
         adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
+        certs: Vec<Arc<crate::tls::Tls>>,
     ) -> Shared {
         Shared {
             current: RwLock::new(Arc::new(gate)),
@@ -236,6 +276,7 @@ impl Shared {
             path,
             opts,
             adjust,
+            certs,
         }
     }
 
@@ -288,6 +329,11 @@ impl Shared {
         let previous = self.current();
         let gate = Gate::build(&cfg, Some(&previous)).await?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gate);
+        for cert in &self.certs {
+            if let Err(e) = cert.reload() {
+                notes.push(format!("{e}; the previous certificate keeps serving"));
+            }
+        }
         Ok(notes)
     }
 }

@@ -17,6 +17,7 @@ mod reject;
 mod router;
 mod server;
 mod supervisor;
+mod tls;
 mod upstream;
 mod websocket;
 
@@ -305,22 +306,6 @@ fn not_built_yet(cfg: &Config) -> Vec<(&'static str, &'static str)> {
                 .any(|r| matches!(r.cors, RouteCors::Own(_))),
         "cors",
         "CORS",
-    );
-    flag(
-        cfg.allowed_hosts.is_some(),
-        "allowed_hosts",
-        "host filtering",
-    );
-    flag(cfg.https_redirect, "https_redirect", "TLS listeners");
-    flag(
-        cfg.security_headers.is_some(),
-        "security_headers",
-        "security headers",
-    );
-    flag(
-        cfg.listen.iter().any(|l| l.tls.is_some()),
-        "listen[].tls",
-        "TLS listeners",
     );
     flag(
         cfg.routes

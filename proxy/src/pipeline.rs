@@ -9,7 +9,7 @@ use std::sync::Arc;
 use asgi_gate_filters::jwt::{self, AuthError, Claims, TokenLocation};
 use asgi_gate_filters::limits::{self, LimitError};
 use asgi_gate_filters::ratelimit::{self, ClaimValue, RateLimit};
-use asgi_gate_filters::{forwarding, request_id};
+use asgi_gate_filters::{forwarding, hosts, request_id, security_headers};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -49,6 +49,9 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(request_id::X_REQUEST_ID.clone(), id);
+    if let Some(policy) = &gate.security_headers {
+        security_headers::apply(resp.headers_mut(), policy, conn.proto == "https");
+    }
     log.status = resp.status();
     resp.map(|body| LoggedBody::new(body, log))
 }
@@ -70,6 +73,18 @@ async fn process(
     limits::check_content_length(req.headers(), gate.limits.max_body).map_err(limit_reject)?;
     let host = forwarding::request_host(req.headers(), req.uri())
         .map_err(|_| Reject::BadRequest("more than one Host header"))?;
+    if let Some(allowed) = &gate.allowed_hosts {
+        let ok = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|h| hosts::is_allowed(h, allowed));
+        if !ok {
+            return Err(Reject::BadRequest("this host is not served here"));
+        }
+    }
+    if let (Some(port), "http") = (gate.https_redirect, conn.proto) {
+        return redirect_to_https(req.uri(), host.as_ref(), port);
+    }
 
     // 2. Route: path pattern, then method.
     let client_ip = forwarding::client_ip(conn.peer.ip(), req.headers(), &gate.trusted_proxies);
@@ -243,6 +258,37 @@ pub fn to_client(resp: Response<Incoming>, in_flight: InFlight) -> Response<Gate
     let (mut parts, body) = resp.into_parts();
     forwarding::strip_hop_by_hop(&mut parts.headers, false);
     Response::from_parts(parts, GateBody::upstream(body, in_flight))
+}
+
+/// `https_redirect: true` on a plain listener: 308 to the same URL on https.
+fn redirect_to_https(
+    uri: &Uri,
+    host: Option<&HeaderValue>,
+    port: u16,
+) -> Result<Response<GateBody>, Reject> {
+    let host = host
+        .and_then(|h| h.to_str().ok())
+        .map(hosts::host_only)
+        .ok_or(Reject::BadRequest(
+            "a Host header is needed to redirect to https",
+        ))?;
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    let location = HeaderValue::from_str(&location)
+        .map_err(|_| Reject::BadRequest("cannot redirect this request to https"))?;
+    let mut resp = Response::new(GateBody::empty());
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(header::LOCATION, location);
+    Ok(resp)
 }
 
 fn limit_reject(e: LimitError) -> Reject {

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::admin;
 use crate::gate::{Gate, ReloadError, Shared};
 use crate::pipeline::{self, ConnInfo};
+use crate::tls::Tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -30,6 +31,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Gate(#[from] crate::gate::GateError),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -60,21 +63,34 @@ pub async fn serve_until(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let gate = Gate::build(&cfg, None).await?;
+    let mut listeners = Vec::with_capacity(cfg.listen.len());
+    let mut certs = Vec::new();
+    for l in &cfg.listen {
+        let tls = match &l.tls {
+            Some(t) => {
+                let t = Arc::new(Tls::load(&t.cert, &t.key)?);
+                certs.push(t.clone());
+                Some(t)
+            }
+            None => None,
+        };
+        let listener = bind(l.address).await?;
+        let local = listener.local_addr().unwrap_or(l.address);
+        // Tests and scripts wait for this exact line.
+        match tls {
+            Some(_) => eprintln!("asgi-gate: listening on {local} (tls)"),
+            None => eprintln!("asgi-gate: listening on {local}"),
+        }
+        listeners.push((listener, tls));
+    }
     let shared = Arc::new(Shared::new(
         gate,
         cfg.clone(),
         source.path,
         source.opts,
         source.adjust,
+        certs,
     ));
-    let mut listeners = Vec::with_capacity(cfg.listen.len());
-    for l in &cfg.listen {
-        let listener = bind(l.address).await?;
-        let local = listener.local_addr().unwrap_or(l.address);
-        // Tests and scripts wait for this exact line.
-        eprintln!("asgi-gate: listening on {local}");
-        listeners.push(listener);
-    }
     let admin_listener = bind(cfg.admin.address).await?;
     let admin_local = admin_listener.local_addr().unwrap_or(cfg.admin.address);
     eprintln!("asgi-gate: admin listening on {admin_local}");
@@ -91,9 +107,10 @@ pub async fn serve_until(
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = Vec::new();
-    for listener in listeners {
+    for (listener, tls) in listeners {
         accept_tasks.push(tokio::spawn(accept_loop(
             listener,
+            tls,
             shared.clone(),
             builder.clone(),
             graceful.clone(),
@@ -139,8 +156,10 @@ fn connection_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
     b
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     shared: Arc<Shared>,
     builder: auto::Builder<TokioExecutor>,
     graceful: Arc<GracefulShutdown>,
@@ -165,24 +184,52 @@ async fn accept_loop(
         let shared = shared.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if !request_started(&stream, header_timeout).await {
+            let Some(tls) = tls else {
+                if request_started(&stream, header_timeout).await {
+                    let info = ConnInfo {
+                        peer,
+                        proto: "http",
+                    };
+                    serve_connection(TokioIo::new(stream), info, shared, builder, watcher).await;
+                }
                 return;
-            }
-            let info = ConnInfo {
-                peer,
-                proto: "http",
             };
-            let svc = service_fn(move |req| {
-                // Each request runs on the config current when it starts.
-                let gate = shared.current();
-                async move { Ok::<_, Infallible>(pipeline::handle(gate, info, req).await) }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            // The handshake counts against the same budget as a request head.
+            match tokio::time::timeout(header_timeout, tls.acceptor().accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let info = ConnInfo {
+                        peer,
+                        proto: "https",
+                    };
+                    serve_connection(TokioIo::new(stream), info, shared, builder, watcher).await;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// HTTP/1.1 or h2 (prior knowledge, or ALPN under TLS) on one connection,
+/// each request on the config current when it starts.
+async fn serve_connection<I>(
+    io: I,
+    info: ConnInfo,
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let gate = shared.current();
+        async move { Ok::<_, Infallible>(pipeline::handle(gate, info, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, peer = %info.peer, "connection ended with an error");
     }
 }
 
