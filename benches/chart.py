@@ -63,15 +63,18 @@ def main(out_dir):
             ax.barh(y, val, color=color, height=0.6)
             ax.text(val, y, f" {val:.2f}×", va="center", fontsize=8)
         else:
-            ax.text(0.02, y, " n/a (skipped or no valid run)", va="center", fontsize=8, color="#666666")
+            ax.text(0.11, y, " n/a (skipped or no valid run)", va="center", fontsize=8, color="#666666")
         if tgt:
             t = float(tgt[1])
             ax.plot([t, t], [y - 0.4, y + 0.4], color="black", linewidth=2)
             ax.text(t, y + 0.32, f"{tgt[0]} {t:g}", fontsize=6, ha="center")
+    vals = [b[1] for b in bars if b[1]] + [float(b[2][1]) for b in bars if b[2]]
+    ax.set_xscale("log")
+    ax.set_xlim(min(0.1, min(vals) / 1.5), max(vals) * 2)
     ax.set_yticks(ys)
     ax.set_yticklabels([b[0] for b in bars], fontsize=8)
     ax.axvline(1.0, color="#555555", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("ratio of medians (same run); black tick = target")
+    ax.set_xlabel("ratio of medians (same run, log scale); black tick = target")
     first = metas[0][1]
     commits = sorted({m.get("commit", "?") for _, m in metas})
     dates = sorted({m.get("date", "?") for _, m in metas})

@@ -13,7 +13,7 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$BENCH_DIR/.." && pwd)"
 
 REPS="${REPS:-3}"
-DURATION="${DURATION:-8s}"
+DURATION="${DURATION:-7s}"
 CONNS="${CONNS:-64}"
 WRK_THREADS="${WRK_THREADS:-1}"
 WARMUP="${WARMUP:-2s}"
@@ -103,7 +103,7 @@ init_tmp() {
 # kill_wait PID: TERM, up to 5 s, then KILL; reaps it.
 kill_wait() {
     local pid="$1" i
-    kill "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+    kill "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
     for ((i = 0; i < 50; i++)); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
@@ -118,6 +118,7 @@ stop_all() {
     PIDS=()
 }
 cleanup() {
+    set +e
     stop_all
     [[ -n "$TMP" && -d "$TMP" && -z "${KEEP_TMP:-}" ]] && rm -rf "$TMP"
     return 0
@@ -161,7 +162,8 @@ UVICORN_ARGS=(--app-dir "$REPO/integration-tests/app" --no-access-log --log-leve
 # start_uvicorn_uds MODULE SOCK: a worker behind the proxies (believes their
 # X-Forwarded-For, as a real deployment would run it). Sets REPLY to its PID.
 start_uvicorn_uds() {
-    local module="$1" sock="$2" logf="$TMP/uvicorn-$(basename "$sock").log"
+    local module="$1" sock="$2"
+    local logf="$TMP/uvicorn-${sock//\//_}.log"
     start_bg "$logf" "$PYVENV/bin/uvicorn" "$module:app" "${UVICORN_ARGS[@]}" \
         --uds "$sock" --proxy-headers --forwarded-allow-ips '*'
     local pid="$REPLY"
@@ -171,7 +173,8 @@ start_uvicorn_uds() {
 }
 # start_uvicorn_tcp MODULE PORT: a worker reached directly.
 start_uvicorn_tcp() {
-    local module="$1" port="$2" logf="$TMP/uvicorn-$port.log"
+    local module="$1" port="$2"
+    local logf="$TMP/uvicorn-$port.log"
     start_bg "$logf" "$PYVENV/bin/uvicorn" "$module:app" "${UVICORN_ARGS[@]}" --host 127.0.0.1 --port "$port"
     local pid="$REPLY"
     wait_http "$pid" "http://127.0.0.1:$port/healthz" \
@@ -374,7 +377,7 @@ client_cmd() {
     h2c | h1)
         local -a mode=(-c "$H2_CONNS" -m "$H2_STREAMS")
         [[ "${F_CLIENT[$front]}" == h1 ]] && mode=(--h1 -c "$CONNS" -m 1)
-        CMD=(timeout -k 5 $((secs + 30)) h2load -t 1 "${mode[@]}" -D "$secs" --warm-up-time 1
+        CMD=(timeout -k 5 $((secs + 30)) h2load -t 1 "${mode[@]}" -D "$secs"
             "${hdr[@]}" --log-file "$dir/h2load.log" "${F_URL[$front]}") ;;
     ws)
         CMD=(timeout -k 5 $((secs * 10 + 60)) "$PYVENV/bin/python" "$BENCH_DIR/ws_client.py"
@@ -438,7 +441,7 @@ run_one() {
         [[ "$code" == "$expect" ]] || { log "$front: expected $expect, a check request got $code"; bad=$((bad + 1)); }
     fi
     printf '%s\n' "$SCENARIO"$'\t'"$case"$'\t'"$front"$'\t'"$rep"$'\t'"${r[0]}"$'\t'"${r[1]}"$'\t'"${r[2]}"$'\t'"${r[3]}"$'\t'"${r[4]}"$'\t'"$bad"$'\t'"$expected"$'\t'"$((c1 - c0))"$'\t'"$((f1 - f0))"$'\t'"$((w1 - w0))"$'\t'"$rss_end"$'\t'"$rss_peak"$'\t'"$rss_w"$'\t'"${#fp[@]}" >>"$RAW"
-    log "$(printf '%-10s %-9s rep %s: %s requests in %ss, socket errors %s, unexpected status %s, front RSS %s MiB' \
+    log "$(printf '%-10s %-9s rep %s: %s '"${UNIT:-requests}"' in %ss, socket errors %s, unexpected status %s, front RSS %s MiB' \
         "$front" "$case" "$rep" "${r[0]}" "${r[1]}" "${r[4]}" "$bad" $((rss_peak / 1024)))"
 }
 LOAD_HEADERS_CURL=()

@@ -30,14 +30,16 @@ def wrk(text):
 
 
 def h2load(text, logfile):
-    m = re.search(r"finished in ([\d.]+)(m?s)", text)
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
     s = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
     r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
                   r"(\d+) failed, (\d+) errored, (\d+) timeout", text)
     if not (m and s and r):
         return None
-    dur = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
     c2, c3, c4, c5 = (int(x) for x in s.groups())
+    # h2load's req/s covers its measuring window only (the warm-up excluded).
+    rate = float(m.group(3))
+    dur = (c2 + c3 + c4 + c5) / rate if rate else float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
     _total, _started, _done, _ok, _failed, errored, timeout = (int(x) for x in r.groups())
     lat = []
     try:

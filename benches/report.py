@@ -132,22 +132,24 @@ md += [f"- **{n}**" for n in a.note]
 md += ["- medians over valid runs, (min–max) when more than one; a run with a socket error or an unexpected"
        " status is invalid and left out. CPU from utime+stime in /proc: *front* = the proxy's processes"
        " (— when the client talks to uvicorn itself), *worker* = the uvicorn process, *client* = the load"
-       " generator; cores = CPU-seconds per second of the run. RSS = summed VmRSS of the front's processes"
+       " generator; server = front + worker; cores = CPU-seconds per second of the run. RSS = summed VmRSS of the front's processes"
        " (of uvicorn when there is no proxy), peak sampled every 0.2 s.", ""]
 per = "msg" if unit == "messages" else "req"
 for case in cases:
     if len(cases) > 1 or case != "-":
         md += [f"## {case}" + (f": {case_desc[case]}" if case_desc.get(case) else ""), ""]
     md += [f"| front | valid | {unit}/s | p50 ms | p99 ms | front CPU µs/{per} | worker CPU µs/{per} | "
-           f"client CPU µs/{per} | {per} per server CPU-s | cores client / front / worker | front RSS MiB (peak) |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           f"client CPU µs/{per} | {per} per front CPU-s | {per} per server CPU-s | cores client / front / worker | "
+           "front RSS MiB (peak) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for fr in fronts:
         s = summary.get((case, fr))
         if not s:
             continue
         md.append(f"| {fr} | {s['valid']}/{s['runs']} | {cell(s, 'rps')} | {cell(s, 'p50_ms', False)} | "
                   f"{cell(s, 'p99_ms')} | {cell(s, 'front_us', False)} | {cell(s, 'worker_us', False)} | "
-                  f"{cell(s, 'client_us', False)} | {cell(s, 'per_server_cpu_s', False)} | {cores(s)} | "
+                  f"{cell(s, 'client_us', False)} | {cell(s, 'per_front_cpu_s', False)} | "
+                  f"{cell(s, 'per_server_cpu_s', False)} | {cores(s)} | "
                   f"{cell(s, 'rss_peak_mib', False)} |")
     md.append("")
 mine = [r for r in ratios]

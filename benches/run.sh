@@ -12,7 +12,7 @@
 # writes benches/results/<scenario>.{csv,md}; at the end benches/results/ratios.png
 # charts every ratio of every scenario's CSV.
 #
-# Env: REPS (3), DURATION (8s per wrk/h2load run), CONNS (64), WRK_THREADS (1),
+# Env: REPS (3), DURATION (7s per wrk/h2load run), CONNS (64), WRK_THREADS (1),
 #      WARMUP (2s; 0 = none), FRONTS (limit the fronts, e.g. "gate nginx"),
 #      H2_CONNS (8), H2_STREAMS (8), WS_CASES ("1x10000 200x50 1000x50"),
 #      WS_SIZE (64), GZIP_LEVEL (6), OFFLOAD_PATH (/api/big), OUT_DIR
@@ -24,6 +24,11 @@
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The exact command: every setting given in the environment, before defaults.
+cmd_env=""
+for v in REPS DURATION CONNS WRK_THREADS WARMUP FRONTS H2_CONNS H2_STREAMS WS_CASES WS_SIZE GZIP_LEVEL OFFLOAD_PATH GATE_BIN; do
+    [[ -n "${!v:-}" ]] && cmd_env+="$v=\"${!v}\" "
+done
 # shellcheck source=benches/lib.sh
 source "$BENCH_DIR/lib.sh"
 cd "$REPO"
@@ -39,12 +44,6 @@ done
 # shellcheck source=benches/scenarios/common.sh
 source "$BENCH_DIR/scenarios/common.sh"
 
-# The exact command, with every setting that differs from the defaults.
-cmd_env=""
-for v in REPS DURATION CONNS WRK_THREADS WARMUP FRONTS H2_CONNS H2_STREAMS WS_CASES WS_SIZE GZIP_LEVEL OFFLOAD_PATH; do
-    [[ -n "${!v:-}" ]] && cmd_env+="$v=\"${!v}\" "
-done
-[[ -n "${GATE_BIN_GIVEN:-}" ]] && cmd_env+="GATE_BIN=$GATE_BIN_GIVEN "
 COMMAND="${BENCH_COMMAND:-${cmd_env}bash benches/run.sh $*}"
 COMMAND="${COMMAND% }"
 
@@ -102,7 +101,7 @@ run_scenario() {
     log "=== $SCENARIO done in $((SECONDS - t0)) s: wrote ${OUT_DIR#"$REPO"/}/$SCENARIO.md and .csv"
     local n
     for n in "${NOTES[@]}"; do log "    $n"; done
-    sed '/^<details>/,$d' "$TMP/$SCENARIO.report.txt" | grep -E '^\| ' >&2 || true
+    sed '/^<details>/,$d' "$TMP/$SCENARIO.report.txt" | grep -E '^(\| |## )' >&2 || true
 }
 
 for s in "${SCENARIOS[@]}"; do run_scenario "$s"; done

@@ -7,8 +7,8 @@ want() { [[ -z "${FRONTS:-}" || " $FRONTS " == *" $1 "* ]]; }
 # gate_yaml FILE PORT ADMIN_PORT [TOP_LEVEL_YAML] [ROUTES_YAML] [POOL]: a gate
 # before $SOCK, threads: 1. Default routes: everything to the app.
 gate_yaml() {
-    local file="$1" port="$2" admin="$3" top="${4:-}" routes="${5:-}"
-    local pool="${6:-"{ max_idle: 64, max_connections: 256, idle_timeout: 4s }"}"
+    local file="$1" port="$2" admin="$3" top="${4:-}" routes="${5:-}" pool="${6:-}"
+    [[ -n "$pool" ]] || pool='{ max_idle: 64, max_connections: 256, idle_timeout: 4s }'
     [[ -n "$routes" ]] || routes='  - path: /{*rest}
     upstream: app
   - path: /

@@ -6,7 +6,7 @@
 # no Upgrade). Both are measured here.
 scenario_h2c() {
     TITLE="h2c vs HTTP/1.1 (h2load): gate vs nginx"
-    LOAD_DESC="h2load -t1 -D ${DURATION%s} --warm-up-time 1: h2c -c$H2_CONNS -m$H2_STREAMS, h1 --h1 -c$CONNS; http://127.0.0.1:PORT/hello, loopback"
+    LOAD_DESC="h2load -t1 -D ${DURATION%s}: h2c -c$H2_CONNS -m$H2_STREAMS, h1 --h1 -c$CONNS; http://127.0.0.1:PORT/hello, loopback"
     DESC+=("same client (h2load) for every front; h2c runs $H2_CONNS connections × $H2_STREAMS streams = $((H2_CONNS * H2_STREAMS)) in flight, h1 runs $CONNS connections"
         "nginx without TLS has no h2c by default (its plain listener is HTTP/1.1 only); nginx_h2c is a second listener with \`listen ... http2\` (prior knowledge only)")
     start_uvicorn_uds app "$SOCK"

@@ -28,7 +28,13 @@ scenario_ws() {
         start_uvicorn_tcp app "$DIRECT_PORT"
         add_front direct ws "ws://127.0.0.1:$DIRECT_PORT/ws/echo" 2xx "" "$REPLY" "uvicorn on TCP (websockets implementation), no proxy"
     fi
-    local c
+    # One short warm-up per front (20 × 50), not one per case.
+    local c front
+    if [[ "$WARMUP" != 0 && "$WARMUP" != 0s ]]; then
+        WS_CONNS=20 WS_MSGS=50
+        for front in "${FRONTS_ORDER[@]}"; do run_one warmup "$front" warmup "$WARMUP"; done
+    fi
+    local WARMUP=0
     for c in $cases; do
         WS_CONNS="${c%x*}" WS_MSGS="${c#*x}"
         CASES+=("$c=$WS_CONNS connection(s) × $WS_MSGS echoes of $WS_SIZE bytes")

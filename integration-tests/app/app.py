@@ -174,6 +174,13 @@ async def count_reset():
 
 # Under /api/ for the auth benches: the gate (or app_stack's middleware) has
 # already verified the token and put the subject in X-Auth-Subject.
+@app.get("/api/big")
+async def api_big():
+    # Rendered on every call, as a real endpoint would: the benches measure
+    # what the worker still spends once the gate took compression and auth.
+    return JSONResponse(BIG)
+
+
 @app.get("/api/hello")
 async def api_hello():
     return {"message": "hello"}

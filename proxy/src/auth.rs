@@ -50,6 +50,8 @@ pub struct AuthSlot {
     pub name: String,
     policy: RwLock<Arc<JwtPolicy>>,
     jwks_url: Option<String>,
+    /// When to refresh first: the start-up response's max-age, or 10 min.
+    first_refresh: Duration,
     refresh: Notify,
 }
 
@@ -95,6 +97,7 @@ pub async fn build_slot(name: &str, conf: &AuthPolicy) -> Result<AuthSlot, AuthS
         })
     };
     let mut jwks_url = None;
+    let mut first_refresh = JWKS_REFRESH;
     let key = match &conf.key {
         ConfKeySource::Secret { value, .. } => KeySource::Secret(value.clone().into_bytes()),
         ConfKeySource::PublicKeyFile(p) => KeySource::PublicKeyPem(read(p)?),
@@ -103,12 +106,13 @@ pub async fn build_slot(name: &str, conf: &AuthPolicy) -> Result<AuthSlot, AuthS
         }
         ConfKeySource::JwksUrl(url) => {
             jwks_url = Some(url.clone());
-            let (doc, _) = fetch_jwks(url)
+            let (doc, max_age) = fetch_jwks(url)
                 .await
                 .map_err(|detail| AuthSetupError::Jwks {
                     name: name.to_string(),
                     detail,
                 })?;
+            first_refresh = max_age.unwrap_or(JWKS_REFRESH);
             KeySource::Jwks(doc)
         }
     };
@@ -129,6 +133,7 @@ pub async fn build_slot(name: &str, conf: &AuthPolicy) -> Result<AuthSlot, AuthS
         name: name.to_string(),
         policy: RwLock::new(Arc::new(policy)),
         jwks_url,
+        first_refresh,
         refresh: Notify::new(),
     })
 }
@@ -143,10 +148,12 @@ const JWKS_TIMEOUT: Duration = Duration::from_secs(10);
 /// every 10 min), and soon after an unknown `kid`, at most once per 30 s.
 /// A failed refresh keeps the last good key set.
 pub async fn jwks_refresher(weak: std::sync::Weak<AuthSlot>) {
-    let Some(url) = weak.upgrade().and_then(|s| s.jwks_url.clone()) else {
+    let Some((url, mut every)) = weak
+        .upgrade()
+        .and_then(|s| Some((s.jwks_url.clone()?, s.first_refresh)))
+    else {
         return;
     };
-    let mut every = JWKS_REFRESH;
     loop {
         // Hold the slot only while waiting on it; a reload that drops the
         // policy ends this task at its next wake-up.
@@ -158,25 +165,28 @@ pub async fn jwks_refresher(weak: std::sync::Weak<AuthSlot>) {
             }
         }
         let Some(slot) = weak.upgrade() else { return };
-        match fetch_jwks(&url).await {
+        every = match fetch_jwks(&url).await {
             Ok((doc, max_age)) => match slot.current().with_jwks(&doc) {
                 Ok(p) => {
                     tracing::info!(policy = %slot.name, keys = p.key_count(), "JWKS refreshed");
                     slot.replace(p);
-                    every = max_age.unwrap_or(JWKS_REFRESH);
+                    max_age.unwrap_or(JWKS_REFRESH)
                 }
                 Err(e) => {
-                    tracing::warn!(policy = %slot.name, error = %e, "JWKS refresh refused; keeping the last good keys")
+                    tracing::warn!(policy = %slot.name, error = %e, "JWKS refresh refused; keeping the last good keys");
+                    JWKS_MIN_GAP
                 }
             },
             Err(e) => {
-                tracing::warn!(policy = %slot.name, error = %e, "JWKS fetch failed; keeping the last good keys")
+                tracing::warn!(policy = %slot.name, error = %e, "JWKS fetch failed; keeping the last good keys");
+                JWKS_MIN_GAP
             }
-        }
-        every = every.max(JWKS_MIN_GAP);
+        };
         drop(slot);
-        // Swallow kid-triggered wakeups that arrived meanwhile: one per gap.
+        // At most one fetch per gap: a wake-up (unknown kid) arriving now is
+        // kept by the Notify and served right after the gap.
         tokio::time::sleep(JWKS_MIN_GAP).await;
+        every = every.saturating_sub(JWKS_MIN_GAP);
     }
 }
 
