@@ -165,28 +165,47 @@ impl RequestLog {
             .unwrap_or("")
     }
 
+    /// Written by hand: this runs once per request, and building a
+    /// `serde_json::Value` costs more than the rest of the line.
     fn json_line(&self, route: &str, bytes: u64, elapsed: Duration) -> String {
-        let socket = self
-            .socket
-            .as_ref()
-            .map(|s| s.display().to_string())
-            .unwrap_or_default();
-        let mut line = serde_json::json!({
-            "time": rfc3339(self.wall),
-            "request_id": self.id.to_str().unwrap_or(""),
-            "client_ip": self.client_ip.map(|ip| ip.to_string()),
-            "method": self.method.as_str(),
-            "route": route,
-            "path": self.path,
-            "status": self.status.as_u16(),
-            "bytes": bytes,
-            "duration_us": elapsed.as_micros() as u64,
-            "upstream": self.upstream(),
-            "socket": socket,
-            "reason": self.reason,
-        })
-        .to_string();
-        line.push('\n');
+        use std::fmt::Write as _;
+        let mut line = String::with_capacity(320);
+        line.push_str("{\"time\":\"");
+        line.push_str(&rfc3339(self.wall));
+        line.push_str("\",\"request_id\":");
+        push_json_str(&mut line, self.id.to_str().unwrap_or(""));
+        line.push_str(",\"client_ip\":");
+        match self.client_ip {
+            Some(ip) => {
+                let _ = write!(line, "\"{ip}\"");
+            }
+            None => line.push_str("null"),
+        }
+        line.push_str(",\"method\":");
+        push_json_str(&mut line, self.method.as_str());
+        line.push_str(",\"route\":");
+        push_json_str(&mut line, route);
+        line.push_str(",\"path\":");
+        push_json_str(&mut line, &self.path);
+        let _ = write!(
+            line,
+            ",\"status\":{},\"bytes\":{},\"duration_us\":{},\"upstream\":",
+            self.status.as_u16(),
+            bytes,
+            elapsed.as_micros()
+        );
+        push_json_str(&mut line, self.upstream());
+        line.push_str(",\"socket\":");
+        match &self.socket {
+            Some(s) => push_json_str(&mut line, &s.to_string_lossy()),
+            None => line.push_str("null"),
+        }
+        line.push_str(",\"reason\":");
+        match self.reason {
+            Some(r) => push_json_str(&mut line, r),
+            None => line.push_str("null"),
+        }
+        line.push_str("}\n");
         line
     }
 
@@ -279,6 +298,26 @@ impl Body for LoggedBody {
     }
 }
 
+/// A JSON string literal (RFC 8259 escaping).
+fn push_json_str(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 /// `2026-11-25T15:04:05.123Z`
 fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -306,6 +345,36 @@ fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_are_escaped_and_parse_back() {
+        for s in ["plain", "q\"uote", "back\\slash", "nl\nand\ttab", "\u{1}ctl", "ünï"] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            let back: String = serde_json::from_str(&out).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn json_line_is_one_valid_json_object() {
+        let mut log = RequestLog::start(&Method::GET, "/x", HeaderValue::from_static("rid-1"));
+        log.path = "/a\"b".into();
+        log.client_ip = Some("127.0.0.1".parse().unwrap());
+        log.status = StatusCode::NOT_FOUND;
+        log.reason = Some("no_route");
+        let line = log.json_line("", 42, Duration::from_micros(7));
+        assert!(line.ends_with("}\n") && line.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["path"], "/a\"b");
+        assert_eq!(v["status"], 404);
+        assert_eq!(v["bytes"], 42);
+        assert_eq!(v["duration_us"], 7);
+        assert_eq!(v["client_ip"], "127.0.0.1");
+        assert_eq!(v["reason"], "no_route");
+        assert_eq!(v["request_id"], "rid-1");
+        assert!(v["socket"].is_null());
+    }
 
     #[test]
     fn rfc3339_known_instants() {
