@@ -348,7 +348,14 @@ mod tests {
 
     #[test]
     fn json_strings_are_escaped_and_parse_back() {
-        for s in ["plain", "q\"uote", "back\\slash", "nl\nand\ttab", "\u{1}ctl", "ünï"] {
+        for s in [
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "nl\nand\ttab",
+            "\u{1}ctl",
+            "ünï",
+        ] {
             let mut out = String::new();
             push_json_str(&mut out, s);
             let back: String = serde_json::from_str(&out).unwrap();
