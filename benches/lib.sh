@@ -251,7 +251,13 @@ nginx_bin() { "$(nginx_bin_path)" "$@"; }
 # yet; any other failure to start ends the run.
 start_gate() {
     local name="$1" port="$2" yaml="$3" logf="$TMP/$1.log" pid
-    start_bg "$logf" "$GATE_BIN" -c "$yaml"
+    # nginx runs with access_log off, so the gate runs without its access log
+    # too (GATE_ACCESS_LOG=1 to measure it with).
+    if [[ "${GATE_ACCESS_LOG:-0}" == 1 ]]; then
+        start_bg "$logf" "$GATE_BIN" -c "$yaml"
+    else
+        start_bg "$logf" "$GATE_BIN" --no-access-log -c "$yaml"
+    fi
     pid="$REPLY"
     if wait_http "$pid" "http://127.0.0.1:$port/healthz"; then
         REPLY="$pid"
