@@ -40,6 +40,10 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
+/// Response bytes as the client received them (after compression).
+static CLIENT_BYTES: std::sync::LazyLock<Option<prometheus::IntCounter>> =
+    std::sync::LazyLock::new(|| metrics::get().map(|m| m.bytes.with_label_values(&["client"])));
+
 /// Turns the access log on (once, at start).
 pub fn init(format: Format) {
     if LOGGER
@@ -132,13 +136,19 @@ impl RequestLog {
                     self.status.as_str(),
                 ])
                 .inc();
-            m.duration
-                .with_label_values(&[route])
-                .observe(elapsed.as_secs_f64());
+            match self.route.as_ref().and_then(|r| r.duration.as_ref()) {
+                Some(h) => h.observe(elapsed.as_secs_f64()),
+                None => m
+                    .duration
+                    .with_label_values(&[route])
+                    .observe(elapsed.as_secs_f64()),
+            }
             if let Some(reason) = self.reason {
                 m.rejections.with_label_values(&[reason]).inc();
             }
-            m.bytes.with_label_values(&["client"]).inc_by(bytes);
+            if let Some(c) = &*CLIENT_BYTES {
+                c.inc_by(bytes);
+            }
         }
         let Some(logger) = LOGGER.get() else { return };
         let line = match logger.format {

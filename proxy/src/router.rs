@@ -26,6 +26,8 @@ pub struct RouteEntry {
     pub auth: Option<Arc<AuthSlot>>,
     /// `None` when this route does not compress.
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// This route's duration histogram, resolved once (label lookups hash).
+    pub duration: Option<prometheus::Histogram>,
 }
 
 impl std::fmt::Debug for RouteEntry {
@@ -191,6 +193,7 @@ mod tests {
             limits_after_auth: vec![],
             auth: None,
             compression: None,
+            duration: None,
         })
     }
 
