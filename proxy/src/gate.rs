@@ -174,7 +174,10 @@ impl Gate {
                 })
                 .flatten(),
             security_headers: security_policy(cfg)?,
-            websockets_open: Arc::new(AtomicUsize::new(0)),
+            // Sessions outlive reloads; so does their count.
+            websockets_open: previous
+                .map(|p| p.websockets_open.clone())
+                .unwrap_or_else(|| Arc::new(AtomicUsize::new(0))),
         })
     }
 

@@ -190,6 +190,11 @@ async fn supervised(
 ) -> ExitCode {
     // One signal watcher for the whole run, so a signal during start-up is not lost.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // A SIGHUP before serving starts must not kill the gate (the default
+    // action): once tokio has a handler installed, it stays for the process.
+    if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tracing::warn!(error = %e, "cannot handle SIGHUP");
+    }
     tokio::spawn(async move {
         server::shutdown_signal().await;
         let _ = stop_tx.send(true);

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use asgi_gate_filters::forwarding;
 use http::header::{self, HeaderMap};
@@ -11,6 +12,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{GateBody, InFlight};
 use crate::gate::Gate;
@@ -41,6 +43,40 @@ impl Drop for OpenSession {
     }
 }
 
+/// After one side has closed, how long the other may take to finish: the
+/// close handshake needs milliseconds; a peer that never closes must not
+/// hold the session (and its pooled socket) for ever.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Copies bytes both ways until either side closes, then lets the other
+/// direction drain for at most `LINGER`.
+async fn copy_both_ways<C, W>(client: C, worker: W)
+where
+    C: AsyncRead + AsyncWrite,
+    W: AsyncRead + AsyncWrite,
+{
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut worker_rx, mut worker_tx) = tokio::io::split(worker);
+    let upstream = async {
+        let r = tokio::io::copy(&mut client_rx, &mut worker_tx).await;
+        let _ = worker_tx.shutdown().await;
+        r
+    };
+    let downstream = async {
+        let r = tokio::io::copy(&mut worker_rx, &mut client_tx).await;
+        let _ = client_tx.shutdown().await;
+        r
+    };
+    tokio::pin!(upstream, downstream);
+    let first = tokio::select! {
+        r = &mut upstream => { let _ = tokio::time::timeout(LINGER, downstream).await; r }
+        r = &mut downstream => { let _ = tokio::time::timeout(LINGER, upstream).await; r }
+    };
+    if let Err(e) = first {
+        tracing::debug!(error = %e, "websocket relay ended");
+    }
+}
+
 /// Given the worker's answer to a handshake: on 101, relay in the
 /// background and answer the client 101; anything else goes back as is.
 pub fn relay(
@@ -63,11 +99,7 @@ pub fn relay(
         let (client, worker) = tokio::join!(client_side, worker_side);
         match (client, worker) {
             (Ok(client), Ok(worker)) => {
-                let mut client = TokioIo::new(client);
-                let mut worker = TokioIo::new(worker);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut worker).await {
-                    tracing::debug!(error = %e, "websocket relay ended");
-                }
+                copy_both_ways(TokioIo::new(client), TokioIo::new(worker)).await
             }
             (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
