@@ -129,13 +129,11 @@ impl RequestLog {
             .map(|r| r.conf.path.as_str())
             .unwrap_or("");
         if let Some(m) = metrics::get() {
-            m.requests
-                .with_label_values(&[
-                    route,
-                    metrics::method_label(&self.method),
-                    self.status.as_str(),
-                ])
-                .inc();
+            let method = metrics::method_label(&self.method);
+            match &self.route {
+                Some(r) => r.requests.inc(route, method, self.status),
+                None => metrics::UNROUTED.inc(route, method, self.status),
+            }
             match self.route.as_ref().and_then(|r| r.duration.as_ref()) {
                 Some(h) => h.observe(elapsed.as_secs_f64()),
                 None => m
@@ -144,7 +142,7 @@ impl RequestLog {
                     .observe(elapsed.as_secs_f64()),
             }
             if let Some(reason) = self.reason {
-                m.rejections.with_label_values(&[reason]).inc();
+                metrics::count_rejection(reason);
             }
             if let Some(c) = &*CLIENT_BYTES {
                 c.inc_by(bytes);
@@ -309,20 +307,25 @@ impl Body for LoggedBody {
 }
 
 /// A JSON string literal (RFC 8259 escaping).
-fn push_json_str(out: &mut String, s: &str) {
+pub fn push_json_str(out: &mut String, s: &str) {
     use std::fmt::Write as _;
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    let clean = |b: &u8| *b >= 0x20 && *b != b'"' && *b != b'\\';
+    if s.as_bytes().iter().all(clean) {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
             }
-            c => out.push(c),
         }
     }
     out.push('"');

@@ -238,6 +238,7 @@ fn route_entry(
         auth,
         compression: crate::compress::route_policy(cfg.compression.as_ref(), route),
         duration: crate::metrics::get().map(|m| m.duration.with_label_values(&[&route.path])),
+        requests: Default::default(),
     })
 }
 

@@ -3,9 +3,9 @@
 //! the route label is the configured pattern, never the raw URL; methods
 //! outside the standard set count as `other`.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 
-use http::Method;
+use http::{Method, StatusCode};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -142,6 +142,52 @@ pub static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| match build() {
 
 pub fn get() -> Option<&'static Metrics> {
     METRICS.as_ref()
+}
+
+/// Counters for one route by (method, status), each resolved once: a label
+/// lookup hashes every label on every call, this is a short scan under an
+/// uncontended lock. Bounded: past 64 combinations it falls back to lookups.
+#[derive(Default)]
+pub struct RequestCounters {
+    seen: Mutex<Vec<(&'static str, u16, IntCounter)>>,
+}
+
+impl RequestCounters {
+    pub fn inc(&self, route: &str, method: &'static str, status: StatusCode) {
+        let Some(m) = get() else { return };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let code = status.as_u16();
+        if let Some((_, _, c)) = seen.iter().find(|(me, s, _)| *me == method && *s == code) {
+            c.inc();
+            return;
+        }
+        let c = m
+            .requests
+            .with_label_values(&[route, method, status.as_str()]);
+        c.inc();
+        if seen.len() < 64 {
+            seen.push((method, code, c));
+        }
+    }
+}
+
+/// Requests that matched no route.
+pub static UNROUTED: LazyLock<RequestCounters> = LazyLock::new(RequestCounters::default);
+
+/// `asgi_gate_rejections_total{reason}`, resolved once per reason.
+pub fn count_rejection(reason: &'static str) {
+    static SEEN: LazyLock<Mutex<Vec<(&'static str, IntCounter)>>> =
+        LazyLock::new(|| Mutex::new(Vec::new()));
+    let Some(m) = get() else { return };
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    match seen.iter().find(|(r, _)| *r == reason) {
+        Some((_, c)) => c.inc(),
+        None => {
+            let c = m.rejections.with_label_values(&[reason]);
+            c.inc();
+            seen.push((reason, c));
+        }
+    }
 }
 
 /// A bounded method label.

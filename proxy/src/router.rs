@@ -28,6 +28,7 @@ pub struct RouteEntry {
     pub compression: Option<Arc<CompressionPolicy>>,
     /// This route's duration histogram, resolved once (label lookups hash).
     pub duration: Option<prometheus::Histogram>,
+    pub requests: crate::metrics::RequestCounters,
 }
 
 impl std::fmt::Debug for RouteEntry {
@@ -194,6 +195,7 @@ mod tests {
             auth: None,
             compression: None,
             duration: None,
+            requests: Default::default(),
         })
     }
 
