@@ -260,7 +260,7 @@ impl Revocations {
                 }
                 let now = unix_now();
                 for (key, exp) in &replay.entries {
-                    list.revoke(key, *exp, now);
+                    list.revoke_hash(*key, *exp, now);
                 }
                 tracing::info!(file = %path.display(), live = list.len(), "revocation log replayed");
                 Some(Mutex::new(log))

@@ -4,6 +4,13 @@
 //! before it returns, so an admin API that answers 2xx after it loses
 //! nothing to a `kill -9` or a power cut.
 //!
+//! A key is written in one of two forms: `"key"`, the key string itself
+//! (every append, and every log written before the list stored hashes), or
+//! `"h"`, its [`KeyHash`] as 32 hex digits (what compaction writes, since the
+//! list keeps only hashes). Replay hashes `"key"` values, so both forms, and
+//! files mixing them, load alike; a line with both fields or neither, or a
+//! malformed `"h"`, is unreadable.
+//!
 //! At start the log is replayed: entries already expired are dropped, a torn
 //! last line (an append cut short, which was never acknowledged) is reported
 //! and cut off, an unreadable line elsewhere is reported and skipped. When
@@ -22,23 +29,110 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::RevocationList;
+use super::{KeyHash, RevocationList};
 
 /// A log with fewer lines than this is never compacted.
 pub const COMPACT_MIN_LINES: u64 = 1024;
 
+/// A key as a log line carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogKey {
+    /// The key string, `"key"`: appends, and logs from before hashing.
+    Raw(String),
+    /// The stored form, `"h"`: compaction output.
+    Hashed(KeyHash),
+}
+
+impl LogKey {
+    /// The form the list stores.
+    pub fn hash(&self) -> KeyHash {
+        match self {
+            LogKey::Raw(key) => KeyHash::of(key),
+            LogKey::Hashed(h) => *h,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "WireEvent", into = "WireEvent")]
 pub enum LogEvent {
-    Revoke { key: String, exp: u64 },
-    Remove { key: String },
+    Revoke { key: LogKey, exp: u64 },
+    Remove { key: LogKey },
+}
+
+/// A log line as JSON: exactly one of `key` and `h`.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum WireEvent {
+    Revoke {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        h: Option<String>,
+        exp: u64,
+    },
+    Remove {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        h: Option<String>,
+    },
+}
+
+fn wire_key(key: LogKey) -> (Option<String>, Option<String>) {
+    match key {
+        LogKey::Raw(key) => (Some(key), None),
+        LogKey::Hashed(h) => (None, Some(h.to_string())),
+    }
+}
+
+fn log_key(key: Option<String>, h: Option<String>) -> Result<LogKey, String> {
+    match (key, h) {
+        (Some(key), None) => Ok(LogKey::Raw(key)),
+        (None, Some(h)) => KeyHash::from_hex(&h)
+            .map(LogKey::Hashed)
+            .ok_or_else(|| "`h` must be 32 hex digits".to_string()),
+        _ => Err("exactly one of `key` and `h` expected".to_string()),
+    }
+}
+
+impl From<LogEvent> for WireEvent {
+    fn from(e: LogEvent) -> WireEvent {
+        match e {
+            LogEvent::Revoke { key, exp } => {
+                let (key, h) = wire_key(key);
+                WireEvent::Revoke { key, h, exp }
+            }
+            LogEvent::Remove { key } => {
+                let (key, h) = wire_key(key);
+                WireEvent::Remove { key, h }
+            }
+        }
+    }
+}
+
+impl TryFrom<WireEvent> for LogEvent {
+    type Error = String;
+
+    fn try_from(w: WireEvent) -> Result<LogEvent, String> {
+        Ok(match w {
+            WireEvent::Revoke { key, h, exp } => LogEvent::Revoke {
+                key: log_key(key, h)?,
+                exp,
+            },
+            WireEvent::Remove { key, h } => LogEvent::Remove {
+                key: log_key(key, h)?,
+            },
+        })
+    }
 }
 
 /// What a replay found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Replay {
-    /// Entries live at the replay's `now`, `(key, exp)`, in no given order.
-    pub entries: Vec<(String, u64)>,
+    /// Entries live at the replay's `now`, `(key, exp)`, in no given order;
+    /// load them with [`RevocationList::revoke_hash`].
+    pub entries: Vec<(KeyHash, u64)>,
     /// One line per line skipped; never fatal. Names line numbers only.
     pub warnings: Vec<String>,
     /// Lines in the file, the unreadable ones included.
@@ -58,7 +152,7 @@ pub struct RevocationLog {
 /// Replays log bytes. Also says whether the last line lacks its newline and
 /// whether that unterminated line was readable.
 fn replay_bytes(data: &[u8], now: u64) -> (Replay, Option<bool>) {
-    let mut live: HashMap<String, u64> = HashMap::new();
+    let mut live: HashMap<KeyHash, u64> = HashMap::new();
     let mut warnings = Vec::new();
     let mut lines = 0u64;
     let mut unterminated = None;
@@ -85,11 +179,11 @@ fn replay_bytes(data: &[u8], now: u64) -> (Replay, Option<bool>) {
                 }
                 match event {
                     LogEvent::Revoke { key, exp } => {
-                        let e = live.entry(key).or_insert(exp);
+                        let e = live.entry(key.hash()).or_insert(exp);
                         *e = (*e).max(exp);
                     }
                     LogEvent::Remove { key } => {
-                        live.remove(&key);
+                        live.remove(&key.hash());
                     }
                 }
             }
@@ -213,14 +307,14 @@ impl RevocationLog {
 
     pub fn append_revoke(&mut self, key: &str, exp: u64) -> io::Result<()> {
         self.append(&LogEvent::Revoke {
-            key: key.to_owned(),
+            key: LogKey::Raw(key.to_owned()),
             exp,
         })
     }
 
     pub fn append_remove(&mut self, key: &str) -> io::Result<()> {
         self.append(&LogEvent::Remove {
-            key: key.to_owned(),
+            key: LogKey::Raw(key.to_owned()),
         })
     }
 
@@ -229,9 +323,10 @@ impl RevocationLog {
         self.lines > self.compact_min_lines && self.lines > 2 * live as u64
     }
 
-    /// Rewrites the log with exactly `live` (temp file in the same
-    /// directory, fsync, rename over the log, fsync of the directory).
-    pub fn compact(&mut self, live: &[(String, u64)]) -> io::Result<()> {
+    /// Rewrites the log with exactly `live`, keys in their `"h"` form (temp
+    /// file in the same directory, fsync, rename over the log, fsync of the
+    /// directory).
+    pub fn compact(&mut self, live: &[(KeyHash, u64)]) -> io::Result<()> {
         let mut tmp_name = self.path.as_os_str().to_owned();
         tmp_name.push(".compact.tmp");
         let tmp = PathBuf::from(tmp_name);
@@ -245,7 +340,7 @@ impl RevocationLog {
             let mut w = BufWriter::new(f);
             for (key, exp) in live {
                 let mut line = serde_json::to_vec(&LogEvent::Revoke {
-                    key: key.clone(),
+                    key: LogKey::Hashed(*key),
                     exp: *exp,
                 })
                 .map_err(io::Error::other)?;
@@ -283,9 +378,14 @@ impl RevocationLog {
 mod tests {
     use super::*;
 
-    fn sorted(mut v: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    fn sorted(mut v: Vec<(KeyHash, u64)>) -> Vec<(KeyHash, u64)> {
         v.sort();
         v
+    }
+
+    /// `(key, exp)` pairs in stored form, sorted like [`sorted`].
+    fn hashed(v: &[(&str, u64)]) -> Vec<(KeyHash, u64)> {
+        sorted(v.iter().map(|(k, e)| (KeyHash::of(k), *e)).collect())
     }
 
     #[test]
@@ -306,10 +406,7 @@ mod tests {
         assert!(r.warnings.is_empty());
         assert_eq!(
             sorted(r.entries),
-            vec![
-                ("b".to_string(), 200),
-                ("weird \"key\"\nwith newline".to_string(), 300)
-            ]
+            hashed(&[("b", 200), ("weird \"key\"\nwith newline", 300)])
         );
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("{\"op\":\"revoke\",\"key\":\"a\",\"exp\":100}\n"));
@@ -325,7 +422,7 @@ mod tests {
         log.append_revoke("edge", 500).unwrap();
         log.append_revoke("new", 1000).unwrap();
         let r = RevocationLog::replay(&path, 500).unwrap();
-        assert_eq!(r.entries, vec![("new".to_string(), 1000)]);
+        assert_eq!(r.entries, hashed(&[("new", 1000)]));
     }
 
     #[test]
@@ -338,7 +435,7 @@ mod tests {
         )
         .unwrap();
         let r = RevocationLog::replay(&path, 0).unwrap();
-        assert_eq!(r.entries, vec![("a".to_string(), 100)]);
+        assert_eq!(r.entries, hashed(&[("a", 100)]));
         assert_eq!(r.warnings.len(), 1);
         assert!(r.warnings[0].contains("line 2") && r.warnings[0].contains("torn"));
         let (mut log, r2) = RevocationLog::open(&path, 0).unwrap();
@@ -420,15 +517,77 @@ mod tests {
         assert!(r.warnings.is_empty());
         assert_eq!(
             sorted(r.entries),
-            vec![
-                ("k1".to_string(), 1000),
-                ("k2".to_string(), 1000),
-                ("k3".to_string(), 1000),
-                ("k4".to_string(), 1000),
-                ("late".to_string(), 2000),
-            ]
+            hashed(&[
+                ("k1", 1000),
+                ("k2", 1000),
+                ("k3", 1000),
+                ("k4", 1000),
+                ("late", 2000),
+            ])
         );
         assert!(!dir.path().join("rev.log.compact.tmp").exists());
+        // Compacted lines carry the hash; the append after them the key.
+        let text = fs::read_to_string(&path).unwrap();
+        let k1 = format!(
+            "{{\"op\":\"revoke\",\"h\":\"{}\",\"exp\":1000}}\n",
+            KeyHash::of("k1")
+        );
+        assert!(text.contains(&k1), "{text}");
+        assert!(!text.contains("\"key\":\"k1\""));
+        assert!(text.ends_with("{\"op\":\"revoke\",\"key\":\"late\",\"exp\":2000}\n"));
+    }
+
+    #[test]
+    fn raw_and_hashed_lines_replay_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rev.log");
+        let h = |k: &str| KeyHash::of(k).to_string();
+        fs::write(
+            &path,
+            format!(
+                concat!(
+                    "{{\"op\":\"revoke\",\"key\":\"old-a\",\"exp\":100}}\n",
+                    "{{\"op\":\"revoke\",\"h\":\"{}\",\"exp\":100}}\n",
+                    "{{\"op\":\"revoke\",\"h\":\"{}\",\"exp\":200}}\n",
+                    "{{\"op\":\"revoke\",\"key\":\"c\",\"exp\":100}}\n",
+                    "{{\"op\":\"remove\",\"h\":\"{}\"}}\n",
+                    "{{\"op\":\"remove\",\"key\":\"old-a\"}}\n",
+                ),
+                h("b"),
+                h("old-a"),
+                h("c"),
+            ),
+        )
+        .unwrap();
+        let r = RevocationLog::replay(&path, 0).unwrap();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        // old-a: revoked raw, extended hashed, removed raw; c: raw then
+        // removed hashed.
+        assert_eq!(sorted(r.entries), hashed(&[("b", 100)]));
+    }
+
+    #[test]
+    fn bad_key_fields_are_unreadable_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rev.log");
+        let good = KeyHash::of("x").to_string();
+        fs::write(
+            &path,
+            format!(
+                concat!(
+                    "{{\"op\":\"revoke\",\"key\":\"x\",\"h\":\"{}\",\"exp\":100}}\n",
+                    "{{\"op\":\"revoke\",\"exp\":100}}\n",
+                    "{{\"op\":\"revoke\",\"h\":\"abc\",\"exp\":100}}\n",
+                    "{{\"op\":\"remove\"}}\n",
+                    "{{\"op\":\"revoke\",\"h\":\"{}\",\"exp\":100}}\n",
+                ),
+                good, good
+            ),
+        )
+        .unwrap();
+        let r = RevocationLog::replay(&path, 0).unwrap();
+        assert_eq!(r.warnings.len(), 4, "{:?}", r.warnings);
+        assert_eq!(r.entries, hashed(&[("x", 100)]));
     }
 
     #[test]
