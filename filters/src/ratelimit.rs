@@ -31,6 +31,30 @@
 //! so the cap costs nothing on the path of a key that already has a bucket;
 //! concurrent inserts may overshoot the cap by at most the number of threads.
 //!
+//! # Bucket map
+//! The buckets live in our own map rather than governor's dashmap store, so
+//! that a check costs one hash, one shard read lock and (almost always) one
+//! cache line: each slot holds the key and governor's state (its GCRA
+//! `InMemoryState`, one atomic) side by side, 32 bytes aligned to 32. With
+//! 1 M live keys the table is far larger than the CPU caches, so the cache
+//! (and TLB) misses per check decide the cost; hashbrown under dashmap takes
+//! two (control bytes, then the entry). Shards as dashmap sizes them (4 per
+//! core, a power of two), each a linear-probing table at most 3/4 full,
+//! doubled when it would pass that; housekeeping removes buckets by
+//! rebuilding a shard's table (`retain_recent`, same size) or rebuilding it
+//! smaller (`shrink_to_fit`), one shard at a time, so it briefly needs one
+//! shard's table twice.
+//!
+//! The hash is two rounds of a multiply-and-fold (the high and low halves
+//! of a 64×64→128-bit product, XORed) over the key's words, keyed by three
+//! per-process random seeds (drawn from [`RandomState`]). It is not SipHash:
+//! `Value` keys are already SipHash outputs under a secret key, and IP keys
+//! need only be spread well, but IPs are chosen by clients (an IPv6 client
+//! holds whole /48s), and linear probing degrades badly when many keys land
+//! on one slot. The seeds are why a client cannot aim keys at one slot
+//! offline; learning them would take timing measurements through the proxy.
+//! The damage is bounded anyway: `max_keys` caps the keys of each limit.
+//!
 //! # Clock
 //! Production uses governor's default clock, [`QuantaClock`](governor::clock::QuantaClock)
 //! (a TSC read scaled to nanoseconds, cheaper than `Instant::now`; quanta
@@ -73,13 +97,13 @@ use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -221,7 +245,7 @@ pub struct Limited {
 /// The bucket map plus the overflow bucket, shared between governor's
 /// limiter (which owns a [`Store`]) and [`RateLimit`] (for metrics).
 struct Shared {
-    map: DashMapStateStore<Key>,
+    map: BucketMap,
     /// Live keys in `map`: raised on insert, recounted by housekeeping.
     live: AtomicUsize,
     max_keys: usize,
@@ -229,7 +253,7 @@ struct Shared {
     overflow_checks: AtomicU64,
 }
 
-/// governor state store: its dashmap store with a cap on the number of keys.
+/// governor state store: our bucket map with a cap on the number of keys.
 struct Store(Arc<Shared>);
 
 impl StateStore for Store {
@@ -240,46 +264,261 @@ impl StateStore for Store {
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
         let s = &*self.0;
-        // Fast path: the key has a bucket. The read guard is dropped at the
-        // end of this `if let`, before `entry` takes the shard's write lock.
-        if let Some(state) = s.map.get(key) {
-            return state.measure_and_replace(&NotKeyed::NonKey, f);
+        let hash = s.map.seeds.hash(key);
+        let shard = s.map.shard(hash);
+        // Fast path: the key has a bucket. One hash, one read lock, one
+        // probe (usually one cache line), then governor's CAS on the state
+        // stored in that same line. The read guard is dropped at the end of
+        // this block, before the write lock below.
+        {
+            let table = read(shard);
+            if let Some(slot) = table.find(key, hash) {
+                return slot.state.measure_and_replace(&NotKeyed::NonKey, f);
+            }
         }
         if s.live.load(Ordering::Relaxed) >= s.max_keys {
             s.overflow_checks.fetch_add(1, Ordering::Relaxed);
             return s.overflow.measure_and_replace(&NotKeyed::NonKey, f);
         }
-        let mut inserted = false;
-        let state = s.map.entry(*key).or_insert_with(|| {
-            inserted = true;
-            InMemoryState::default()
-        });
+        let mut table = write(shard);
+        let (slot, inserted) = table.find_or_insert(*key, hash, s.map.seeds);
         if inserted {
             s.live.fetch_add(1, Ordering::Relaxed);
         }
-        state.measure_and_replace(&NotKeyed::NonKey, f)
+        slot.state.measure_and_replace(&NotKeyed::NonKey, f)
     }
 }
 
 impl ShrinkableKeyedStateStore<Key> for Store {
     fn retain_recent(&self, drop_below: Nanos) {
         let s = &*self.0;
-        <DashMapStateStore<Key> as ShrinkableKeyedStateStore<Key>>::retain_recent(
-            &s.map, drop_below,
-        );
-        s.live.store(s.map.len(), Ordering::Relaxed);
+        let drop_below = u64::from(drop_below);
+        let mut live = 0;
+        for shard in s.map.shards.iter() {
+            let mut table = write(shard);
+            // Same rule as governor's own stores: a bucket whose theoretical
+            // arrival time is at or before `drop_below` is a fresh bucket.
+            let slots = table.slots.len();
+            table.rebuild(slots, s.map.seeds, |state| state_nanos(state) > drop_below);
+            live += table.len;
+        }
+        s.live.store(live, Ordering::Relaxed);
     }
 
     fn shrink_to_fit(&self) {
-        self.0.map.shrink_to_fit();
+        let s = &*self.0;
+        for shard in s.map.shards.iter() {
+            let mut table = write(shard);
+            let slots = Table::slots_for(table.len);
+            if slots < table.slots.len() {
+                table.rebuild(slots, s.map.seeds, |_| true);
+            }
+        }
     }
 
     fn len(&self) -> usize {
-        self.0.map.len()
+        self.0.map.shards.iter().map(|s| read(s).len).sum()
     }
 
     fn is_empty(&self) -> bool {
-        self.0.map.is_empty()
+        self.0.map.shards.iter().all(|s| read(s).len == 0)
+    }
+}
+
+/// governor's stored value (the theoretical arrival time, 0 = fresh),
+/// read without changing it.
+fn state_nanos(state: &InMemoryState) -> u64 {
+    let read = state.measure_and_replace(&NotKeyed::NonKey, |prev| {
+        Err::<((), Nanos), u64>(prev.map_or(0, u64::from))
+    });
+    match read {
+        Ok(()) => 0,
+        Err(nanos) => nanos,
+    }
+}
+
+/// Per-process random seeds of the bucket map's hash (see the module docs).
+#[derive(Clone, Copy)]
+struct Seeds([u64; 3]);
+
+impl Seeds {
+    fn get() -> Seeds {
+        static SEEDS: OnceLock<Seeds> = OnceLock::new();
+        *SEEDS.get_or_init(|| {
+            let h = value_hasher();
+            Seeds([0u8, 1, 2].map(|i| h.hash_one(("ratelimit map seed", i))))
+        })
+    }
+
+    /// Two rounds of a keyed multiply-and-fold over the key's words.
+    #[inline]
+    fn hash(self, key: &Key) -> u64 {
+        let [s0, s1, s2] = self.0;
+        let (tag, a, b) = match *key {
+            Key::V4(ip) => (1, u64::from(ip), 0),
+            Key::V6(hi, lo) => (2, hi, lo),
+            Key::Value(v) => (3, v, 0),
+        };
+        fold_mul(fold_mul(a ^ s0, b ^ s1) ^ tag, s2)
+    }
+}
+
+/// The 128-bit product of `a` and `b`, high half XOR low half.
+#[inline]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// The buckets: a fixed number of shards, each an open-addressing table
+/// behind a read/write lock. Bits 32.. of the hash pick the shard, the low
+/// bits the slot.
+struct BucketMap {
+    shards: Box<[Shard]>,
+    shard_mask: usize,
+    seeds: Seeds,
+}
+
+/// One shard on its own cache lines, so that two shards' locks never share
+/// one.
+#[repr(align(128))]
+struct Shard(RwLock<Table>);
+
+impl BucketMap {
+    fn new() -> Self {
+        // As many shards as dashmap would use: 4 per core, a power of two.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let n = (cores * 4).next_power_of_two().min(1024);
+        BucketMap {
+            shards: (0..n)
+                .map(|_| Shard(RwLock::new(Table::with_slots(MIN_SLOTS))))
+                .collect(),
+            shard_mask: n - 1,
+            seeds: Seeds::get(),
+        }
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[(hash >> 32) as usize & self.shard_mask]
+    }
+
+    fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| read(s).slots.len()).sum()
+    }
+}
+
+// Nothing panics while a shard is locked (short of allocation failure,
+// which aborts), so a poisoned lock still holds a consistent table.
+fn read(shard: &Shard) -> RwLockReadGuard<'_, Table> {
+    shard.0.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write(shard: &Shard) -> RwLockWriteGuard<'_, Table> {
+    shard.0.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+const MIN_SLOTS: usize = 8;
+
+/// One bucket: the key and governor's state side by side, 32 bytes aligned
+/// to 32, so a lookup that finds its key at the first probe touches one
+/// cache line for the key and the state.
+#[derive(Default)]
+#[repr(align(32))]
+struct Slot {
+    key: Option<Key>,
+    state: InMemoryState,
+}
+
+/// Linear probing over a power-of-two array of slots, at most 3/4 full (so
+/// a probe always ends at an empty slot). Removal is by rebuilding
+/// (housekeeping only), so there are no tombstones.
+struct Table {
+    slots: Box<[Slot]>,
+    len: usize,
+}
+
+impl Table {
+    fn with_slots(n: usize) -> Self {
+        debug_assert!(n.is_power_of_two() && n >= MIN_SLOTS);
+        Table {
+            slots: std::iter::repeat_with(Slot::default).take(n).collect(),
+            len: 0,
+        }
+    }
+
+    /// The fewest slots that hold `len` keys within the load limit.
+    fn slots_for(len: usize) -> usize {
+        let mut n = MIN_SLOTS;
+        while len > n / 4 * 3 {
+            n *= 2;
+        }
+        n
+    }
+
+    #[inline]
+    fn find(&self, key: &Key, hash: u64) -> Option<&Slot> {
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let slot = &self.slots[i];
+            match &slot.key {
+                None => return None,
+                Some(k) if k == key => return Some(slot),
+                Some(_) => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// The slot of `key`, inserting a fresh bucket when there is none
+    /// (`true`), growing first if that would pass the load limit.
+    fn find_or_insert(&mut self, key: Key, hash: u64, seeds: Seeds) -> (&Slot, bool) {
+        if self.find(&key, hash).is_none() {
+            if Table::slots_for(self.len + 1) > self.slots.len() {
+                let slots = self.slots.len() * 2;
+                self.rebuild(slots, seeds, |_| true);
+            }
+            let i = self.place(
+                Slot {
+                    key: Some(key),
+                    state: InMemoryState::default(),
+                },
+                hash,
+            );
+            self.len += 1;
+            return (&self.slots[i], true);
+        }
+        // Found above; looked up again to keep the borrow checker happy.
+        let slot = self.find(&key, hash).expect("found above");
+        (slot, false)
+    }
+
+    /// Puts a slot whose key is absent into the first empty slot of its
+    /// probe sequence; returns the index. `len` is the caller's.
+    fn place(&mut self, slot: Slot, hash: u64) -> usize {
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        while self.slots[i].key.is_some() {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = slot;
+        i
+    }
+
+    /// Moves the buckets that `keep` accepts into a new array of `slots`
+    /// slots (the state moves with its key).
+    fn rebuild(&mut self, slots: usize, seeds: Seeds, keep: impl Fn(&InMemoryState) -> bool) {
+        let old = std::mem::replace(self, Table::with_slots(slots));
+        for slot in old.slots.into_vec() {
+            if let Some(key) = &slot.key {
+                if keep(&slot.state) {
+                    let hash = seeds.hash(key);
+                    self.place(slot, hash);
+                    self.len += 1;
+                }
+            }
+        }
+        debug_assert!(Table::slots_for(self.len) <= self.slots.len());
     }
 }
 
@@ -340,7 +579,7 @@ impl<C: Clock> RateLimit<C> {
         let policy = header_value(format!("{sf_name};q={};w={window}", params.count))
             .ok_or(RateLimitError::BadName)?;
         let shared = Arc::new(Shared {
-            map: DashMapStateStore::default(),
+            map: BucketMap::new(),
             live: AtomicUsize::new(0),
             max_keys: params.max_keys,
             overflow: InMemoryState::default(),
@@ -1015,6 +1254,45 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<RateLimit>();
         send_sync::<RateLimit<FakeRelativeClock>>();
+    }
+
+    #[test]
+    fn bucket_table_probes_wrap_and_rebuild() {
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        assert_eq!(std::mem::align_of::<Slot>(), 32);
+        let seeds = Seeds::get();
+        let mut t = Table::with_slots(MIN_SLOTS);
+        // Every key with the same hash, aimed at the last slot: probes wrap
+        // around the end of the array, and the table grows past 3/4 full.
+        let hash = (MIN_SLOTS - 1) as u64;
+        for i in 0..20u32 {
+            let (_, inserted) = t.find_or_insert(Key::V4(i), hash, seeds);
+            assert!(inserted);
+            let (_, inserted) = t.find_or_insert(Key::V4(i), hash, seeds);
+            assert!(!inserted);
+        }
+        assert_eq!(t.len, 20);
+        assert_eq!(t.slots.len(), 32);
+        // Grows placed the earlier keys by their real hash, the later ones
+        // sit at the fake one; a rebuild places every key by its real hash.
+        t.rebuild(32, seeds, |_| true);
+        for i in 0..20u32 {
+            assert!(t.find(&Key::V4(i), seeds.hash(&Key::V4(i))).is_some());
+        }
+        assert!(t.find(&Key::V4(20), seeds.hash(&Key::V4(20))).is_none());
+        assert!(t.find(&Key::Value(1), seeds.hash(&Key::Value(1))).is_none());
+        t.rebuild(Table::slots_for(t.len), seeds, |_| true);
+        assert_eq!((t.len, t.slots.len()), (20, 32));
+        t.rebuild(MIN_SLOTS, seeds, |_| false);
+        assert_eq!(t.len, 0);
+        assert_eq!(Table::slots_for(0), MIN_SLOTS);
+        assert_eq!(Table::slots_for(6), MIN_SLOTS);
+        assert_eq!(Table::slots_for(7), 2 * MIN_SLOTS);
+        // Variants with the same words are different keys.
+        let v6 = Key::V6(5, 0);
+        t.find_or_insert(Key::V4(5), seeds.hash(&Key::V4(5)), seeds);
+        assert!(t.find(&v6, seeds.hash(&v6)).is_none());
+        assert!(t.find(&Key::Value(5), seeds.hash(&Key::Value(5))).is_none());
     }
 
     #[test]
