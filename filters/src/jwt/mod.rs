@@ -21,17 +21,18 @@
 //! `aws-lc-rs` directly), not jsonwebtoken's pure-Rust `rust_crypto`. The
 //! issue asks RS256/ES256 to verify at least 3× faster than PyJWT, which
 //! runs OpenSSL; RustCrypto's RSA and P-256 are several times slower than
-//! that. Measured on the 2-CPU dev machine (criterion medians of
-//! `jwt_cold`, benches/jwt_ratio.sh, load 2-3 from other builds): RS256
-//! 267 µs → 24 µs, ES256 407 µs → 55-72 µs, EdDSA 53 µs → 38 µs; HS256 stays
-//! at about 2 µs. Public keys are parsed once per key and algorithm when the
-//! policy is built ([`keys`]), which also keeps a bad EC key a start-up
-//! error. The price is a C library: aws-lc-sys builds with the `cc` crate
-//! (no cmake, no NASM on x86_64 Linux), 44 s for a clean release build of
-//! that crate and 16 s for a debug one on 2 cores. ES256 stays near 2×
-//! PyJWT: a P-256 verification alone takes about 49 µs here with aws-lc
-//! (52 µs with ring, 61 µs in `openssl speed`), more than a third of
-//! PyJWT's whole `decode`.
+//! that. Measured on the 2-CPU dev machine, load about 1.3 (criterion
+//! medians of `jwt_cold`, `bash benches/jwt_ratio.sh`, same run as PyJWT):
+//! RS256 184 µs → 17 µs (PyJWT 62 µs), ES256 279 µs → 51 µs (PyJWT 100 µs),
+//! EdDSA 46 µs → 38 µs, HS256 1.7 µs either way. Public keys are parsed once
+//! per key and algorithm when the policy is built (`keys.rs`; that alone is
+//! 2 µs of RS256's 17), which also keeps a bad EC key a start-up error. The
+//! price is a C library: aws-lc-sys builds with the `cc` crate and the
+//! system C compiler (no cmake, no NASM on x86_64 Linux), 44 s for a clean
+//! release build of that crate and 16 s for a debug one on 2 cores. ES256
+//! stays near 2× PyJWT: one P-256 verification is about 49 µs here with
+//! aws-lc (52 µs with ring, 60 µs in `openssl speed`), half of PyJWT's whole
+//! `decode`, so no backend reaches 3× on it.
 //!
 //! Revocation is checked by the caller after this, with
 //! [`revocation_key`] and [`crate::revocation::RevocationList`].
