@@ -4,8 +4,15 @@
 //! curve, that the crypto backend accepts them) so a bad key is a startup
 //! error, not a 401 on every request. Keys named by the token itself
 //! (`jku`, `jwk`, `x5u`, `x5c`) are never used.
+//!
+//! An asymmetric key is parsed by aws-lc once, here, for each algorithm of
+//! the policy it serves ([`aws_lc_rs::signature::ParsedPublicKey`]): a token
+//! then costs the signature check alone, not a key parse (and, for RSA, not
+//! the Montgomery set-up of the modulus) as well. HMAC secrets go through
+//! jsonwebtoken's aws-lc provider.
 
-use jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
+use aws_lc_rs::signature::{self as lc, ParsedPublicKey, RsaPublicKeyComponents};
+use jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use rsa::pkcs1::DecodeRsaPublicKey;
@@ -16,7 +23,7 @@ use super::{AuthError, PolicyError};
 
 /// RFC 7518 §3.3: RSA keys of 2048 bits or more.
 const MIN_RSA_BYTES: usize = 256;
-/// The RSA backend refuses moduli over 4096 bits.
+/// Moduli over 4096 bits are refused (as the RustCrypto backend used to).
 const MAX_RSA_BYTES: usize = 512;
 /// A JWKS document larger than this is refused (a real one is a few KiB).
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -26,7 +33,7 @@ pub const MAX_JWKS_KEYS: usize = 100;
 #[derive(Debug)]
 pub(crate) enum KeySet {
     /// An HMAC secret or one PEM public key: one key for every algorithm.
-    Single(DecodingKey),
+    Single(VerifyingKey),
     /// The usable keys of a JWKS document.
     Jwks(Vec<JwkEntry>),
 }
@@ -37,7 +44,48 @@ pub(crate) struct JwkEntry {
     /// The JWK's own `alg`, when it names one.
     alg: Option<Algorithm>,
     curve: Option<EllipticCurve>,
+    key: VerifyingKey,
+}
+
+/// A key ready to verify: the jsonwebtoken key (its family, and the secret
+/// of an HMAC key) and, for a public key, one aws-lc parsed key per policy
+/// algorithm it was checked for at load.
+#[derive(Debug)]
+pub(crate) struct VerifyingKey {
     key: DecodingKey,
+    parsed: Vec<(Algorithm, ParsedPublicKey)>,
+}
+
+impl VerifyingKey {
+    fn family(&self) -> AlgorithmFamily {
+        self.key.family()
+    }
+
+    /// Checks `signature` over `message` for `alg` (a policy algorithm that
+    /// [`KeySet::select`] matched to this key).
+    pub(crate) fn verify(
+        &self,
+        alg: Algorithm,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), AuthError> {
+        if self.family() == AlgorithmFamily::Hmac {
+            let verifier = (DEFAULT_PROVIDER.verifier_factory)(&alg, &self.key)
+                .map_err(|_| AuthError::BadSignature)?;
+            // jsonwebtoken's verifier trait takes the signature as a Vec.
+            return verifier
+                .verify(message, &signature.to_vec())
+                .map_err(|_| AuthError::BadSignature);
+        }
+        let (_, parsed) = self
+            .parsed
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .ok_or(AuthError::BadSignature)?;
+        parsed
+            .verify_sig(message, signature)
+            .map_err(|_| AuthError::BadSignature)
+    }
 }
 
 impl JwkEntry {
@@ -63,7 +111,7 @@ impl KeySet {
         &self,
         alg: Algorithm,
         kid: Option<&str>,
-    ) -> Result<&DecodingKey, AuthError> {
+    ) -> Result<&VerifyingKey, AuthError> {
         match self {
             KeySet::Single(key) => {
                 if key.family() == alg.family() {
@@ -128,7 +176,10 @@ pub(crate) fn secret_key(secret: &[u8], algorithms: &[Algorithm]) -> Result<KeyS
             });
         }
     }
-    Ok(KeySet::Single(DecodingKey::from_secret(secret)))
+    Ok(KeySet::Single(VerifyingKey {
+        key: DecodingKey::from_secret(secret),
+        parsed: Vec::new(),
+    }))
 }
 
 /// One PEM public key (SubjectPublicKeyInfo, or PKCS#1 for RSA) serving every
@@ -146,10 +197,11 @@ pub(crate) fn pem_key(pem: &[u8], algorithms: &[Algorithm]) -> Result<KeySet, Po
         }
     }
     .map_err(|_| PolicyError::BadKey(format!("not a PEM {} public key", family_name(family))))?;
-    for alg in algorithms {
-        check_key(&key, *alg)?;
-    }
-    Ok(KeySet::Single(key))
+    let parsed = algorithms
+        .iter()
+        .map(|alg| Ok((*alg, parse_key(&key, *alg)?)))
+        .collect::<Result<_, PolicyError>>()?;
+    Ok(KeySet::Single(VerifyingKey { key, parsed }))
 }
 
 /// The usable keys of a JWKS document, and a warning for each key skipped
@@ -240,11 +292,14 @@ fn jwk_entry(raw: &Value, algorithms: &[Algorithm]) -> Result<JwkEntry, String> 
         }
     };
     let key = DecodingKey::from_jwk(&jwk).map_err(|_| "invalid key material")?;
-    let entry = JwkEntry {
+    let mut entry = JwkEntry {
         kid: jwk.common.key_id.clone(),
         alg,
         curve,
-        key,
+        key: VerifyingKey {
+            key,
+            parsed: Vec::new(),
+        },
     };
     let usable: Vec<Algorithm> = algorithms
         .iter()
@@ -255,61 +310,83 @@ fn jwk_entry(raw: &Value, algorithms: &[Algorithm]) -> Result<JwkEntry, String> 
         return Err(format!("fits none of {algorithms:?}"));
     }
     for a in usable {
-        check_key(&entry.key, a).map_err(|e| e.to_string())?;
+        let parsed = parse_key(&entry.key.key, a).map_err(|e| e.to_string())?;
+        entry.key.parsed.push((a, parsed));
     }
     Ok(entry)
 }
 
-/// Refuses a key the backend would reject (or, for a short Ed25519 key,
-/// panic on) at verification time.
-fn check_key(key: &DecodingKey, alg: Algorithm) -> Result<(), PolicyError> {
+/// The aws-lc key verifying `alg` tokens with `key`, or why the key cannot:
+/// wrong family, RSA outside 2048..=4096 bits, an Ed25519 key that is not 32
+/// bytes, a point not on the algorithm's curve, anything aws-lc refuses.
+fn parse_key(key: &DecodingKey, alg: Algorithm) -> Result<ParsedPublicKey, PolicyError> {
     if key.family() != alg.family() {
         return Err(PolicyError::KeyMismatch(format!(
             "a {} key cannot verify {alg:?}",
             family_name(key.family())
         )));
     }
-    match key.family() {
+    let parsed = match key.family() {
         AlgorithmFamily::Rsa => {
-            let size = match key.kind() {
+            let bad = || PolicyError::BadKey("invalid RSA public key".into());
+            let rsa_key = match key.kind() {
                 jsonwebtoken::DecodingKeyKind::SecretOrDer(der) => {
-                    rsa::RsaPublicKey::from_pkcs1_der(der)
-                        .map(|k| k.size())
-                        .map_err(|_| PolicyError::BadKey("invalid RSA public key".into()))?
+                    rsa::RsaPublicKey::from_pkcs1_der(der).map_err(|_| bad())?
                 }
                 jsonwebtoken::DecodingKeyKind::RsaModulusExponent { n, e } => {
                     rsa::RsaPublicKey::new(
                         rsa::BigUint::from_bytes_be(n),
                         rsa::BigUint::from_bytes_be(e),
                     )
-                    .map(|k| k.size())
-                    .map_err(|_| PolicyError::BadKey("invalid RSA public key".into()))?
+                    .map_err(|_| bad())?
                 }
             };
+            let size = rsa_key.size();
             if !(MIN_RSA_BYTES..=MAX_RSA_BYTES).contains(&size) {
                 return Err(PolicyError::BadKey(format!(
                     "RSA key of {} bits: 2048 to 4096 bits are accepted",
                     size * 8
                 )));
             }
-            Ok(())
+            let params: &'static lc::RsaParameters = match alg {
+                Algorithm::RS256 => &lc::RSA_PKCS1_2048_8192_SHA256,
+                Algorithm::RS384 => &lc::RSA_PKCS1_2048_8192_SHA384,
+                Algorithm::RS512 => &lc::RSA_PKCS1_2048_8192_SHA512,
+                Algorithm::PS256 => &lc::RSA_PSS_2048_8192_SHA256,
+                Algorithm::PS384 => &lc::RSA_PSS_2048_8192_SHA384,
+                // PS512, the last of the RSA family.
+                _ => &lc::RSA_PSS_2048_8192_SHA512,
+            };
+            // Big-endian without leading zeros, as aws-lc wants them (a JWK's
+            // `n` may carry a leading zero byte).
+            RsaPublicKeyComponents {
+                n: rsa_key.n().to_bytes_be(),
+                e: rsa_key.e().to_bytes_be(),
+            }
+            .to_parsed_public_key(params)
+        }
+        AlgorithmFamily::Ec => {
+            // The SEC1 point of the PEM key or of the JWK's x and y.
+            let params: &'static lc::EcdsaVerificationAlgorithm = match alg {
+                Algorithm::ES256 => &lc::ECDSA_P256_SHA256_FIXED,
+                // ES384, the other one of the EC family.
+                _ => &lc::ECDSA_P384_SHA384_FIXED,
+            };
+            ParsedPublicKey::new(params, key.as_bytes())
         }
         AlgorithmFamily::Ed => {
-            // The backend slices the first 32 bytes without a length check.
             if key.as_bytes().len() != 32 {
                 return Err(PolicyError::BadKey("Ed25519 key is not 32 bytes".into()));
             }
-            backend_accepts(key, alg)
+            ParsedPublicKey::new(&lc::ED25519, key.as_bytes())
         }
-        AlgorithmFamily::Ec => backend_accepts(key, alg),
-        AlgorithmFamily::Hmac => Ok(()),
-    }
-}
-
-fn backend_accepts(key: &DecodingKey, alg: Algorithm) -> Result<(), PolicyError> {
-    (DEFAULT_PROVIDER.verifier_factory)(&alg, key)
-        .map(|_| ())
-        .map_err(|_| PolicyError::BadKey(format!("key does not fit {alg:?}")))
+        AlgorithmFamily::Hmac => {
+            return Err(PolicyError::KeyMismatch(
+                "an HMAC secret is not a public key".into(),
+            ))
+        }
+    };
+    parsed.map_err(|_| PolicyError::BadKey(format!("key does not fit {alg:?}")))
 }
 
 /// The one family of a list of algorithms, for a single public key.

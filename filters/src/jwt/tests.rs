@@ -353,6 +353,94 @@ fn ec_and_ed_pem_keys() {
     assert!(p.verify(&t, NOW).is_ok());
 }
 
+#[test]
+fn every_asymmetric_algorithm_with_preparsed_keys() {
+    // One RSA PEM key serves RS256/384/512 and PS256/384/512.
+    let rsa_algs = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ];
+    let p = policy(PolicyParams::new(
+        rsa_algs.to_vec(),
+        KeySource::PublicKeyPem(RSA_PUBLIC.as_bytes().to_vec()),
+    ));
+    let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
+    for alg in rsa_algs {
+        let t = mint(alg, None, &rsa, &valid_claims());
+        assert!(p.verify_uncached(&t, NOW).is_ok(), "{alg:?}");
+        // The signature of one algorithm does not pass as another's.
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        let other = if alg == Algorithm::RS256 {
+            Algorithm::PS256
+        } else {
+            Algorithm::RS256
+        };
+        let forged = format!(
+            "{}.{}.{sig}",
+            b64(&json!({"alg": format!("{other:?}"), "typ": "JWT"})),
+            head.split_once('.').unwrap().1
+        );
+        assert_eq!(
+            p.verify_uncached(&forged, NOW).unwrap_err(),
+            AuthError::BadSignature,
+            "{alg:?} as {other:?}"
+        );
+    }
+
+    // ES384 with a P-384 JWK made here; a P-256 policy skips that key.
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let point = pair.public_key().as_ref();
+    assert_eq!(point.len(), 97);
+    let jwk = json!({"kty": "EC", "crv": "P-384", "kid": "p384",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..49]), "y": URL_SAFE_NO_PAD.encode(&point[49..])});
+    let doc = json!({ "keys": [jwk] }).to_string();
+    let p = policy(PolicyParams::new(
+        vec![Algorithm::ES384],
+        KeySource::Jwks(doc.clone()),
+    ));
+    let es384 = EncodingKey::from_ec_der(pkcs8.as_ref());
+    let t = mint(Algorithm::ES384, Some("p384"), &es384, &valid_claims());
+    assert!(p.verify_uncached(&t, NOW).is_ok());
+    assert!(matches!(
+        JwtPolicy::new(PolicyParams::new(
+            vec![Algorithm::ES256],
+            KeySource::Jwks(doc)
+        )),
+        Err(PolicyError::BadJwks(_))
+    ));
+
+    // A JWK modulus with a leading zero byte is the same key.
+    let mut doc: serde_json::Value = serde_json::from_str(JWKS).unwrap();
+    let n = URL_SAFE_NO_PAD
+        .decode(doc["keys"][2]["n"].as_str().unwrap())
+        .unwrap();
+    let padded = [&[0u8][..], &n].concat();
+    doc["keys"][2]["n"] = json!(URL_SAFE_NO_PAD.encode(padded));
+    let p = policy(PolicyParams::new(
+        vec![Algorithm::RS256],
+        KeySource::Jwks(doc.to_string()),
+    ));
+    let t = mint(Algorithm::RS256, Some("rsa-1"), &rsa, &valid_claims());
+    assert!(p.verify_uncached(&t, NOW).is_ok());
+
+    // A point off the curve is refused when the key set is loaded, not at
+    // the first token.
+    let mut doc: serde_json::Value = serde_json::from_str(JWKS).unwrap();
+    doc["keys"][0]["y"] = json!(URL_SAFE_NO_PAD.encode([7u8; 32]));
+    let r = JwtPolicy::new(PolicyParams::new(
+        vec![Algorithm::ES256],
+        KeySource::Jwks(doc.to_string()),
+    ));
+    assert!(matches!(r, Err(PolicyError::BadJwks(_))), "{r:?}");
+}
+
 fn jwks_policy(algs: &[Algorithm]) -> JwtPolicy {
     policy(PolicyParams::new(
         algs.to_vec(),
