@@ -45,6 +45,7 @@ upstreams:
     connect_timeout: 1s
     read_timeout: 30s
 limits: { max_body: 10MiB, max_header_bytes: 16KiB, header_timeout: 10s }
+compression: { algorithms: [br, gzip, zstd] }
 routes:
   - path: /hello
     methods: [GET]
@@ -89,8 +90,10 @@ Try:
   curl -s -X POST --data-binary @/etc/os-release http://127.0.0.1:$PORT/upload
   curl -N http://127.0.0.1:$PORT/sse
   curl -i -X DELETE http://127.0.0.1:$PORT/hello          # 405 from the gate, with Allow
+  curl -s -D - -o /dev/null -H 'Accept-Encoding: br' http://127.0.0.1:$PORT/big   # compressed by the gate, not by Python
   curl -s --http2-prior-knowledge http://127.0.0.1:$PORT/echo   # h2c on the same port
   curl -s http://127.0.0.1:$ADMIN_PORT/readyz
+  curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep ^asgi_gate_requests_total
 Logs follow (Ctrl-C stops gate and worker):
 EOF
 tail -n +1 -f "$TMP/gate.log" "$TMP/uvicorn.log" &
