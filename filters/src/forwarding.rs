@@ -19,6 +19,23 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// unless `keep_upgrade` (a WebSocket handshake, which needs `Connection:
 /// upgrade` and `Upgrade` to reach the other side).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One cheap pass first: most requests carry none of these, and each
+    // `remove` below is a hash lookup.
+    let present = headers.keys().any(|k| {
+        k == header::CONNECTION
+            || k == header::TE
+            || k == header::TRANSFER_ENCODING
+            || k == header::TRAILER
+            || k == header::UPGRADE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+    });
+    if !present {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         // Collect the named headers first: they are removed after the loop.
         let mut named: Vec<HeaderName> = Vec::new();
@@ -144,7 +161,7 @@ pub fn set_forwarded(
     let mut buf = [0u8; 64];
     let ip = ip_text(client, &mut buf);
     // An IP's text form is always a valid header value.
-    if let Ok(v) = HeaderValue::from_str(ip) {
+    if let Ok(v) = HeaderValue::from_bytes(ip.as_bytes()) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -160,9 +177,35 @@ pub fn set_forwarded(
 
 fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
     use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{ip}");
-    let n = cursor.position() as usize;
+    let n = match ip {
+        // The common case without the formatting machinery.
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                let o = *octet;
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + (o / 10) % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
+            }
+            n
+        }
+        IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{ip}");
+            cursor.position() as usize
+        }
+    };
     std::str::from_utf8(&buf[..n]).unwrap_or("")
 }
 
@@ -273,6 +316,31 @@ mod tests {
         assert!(request_host(&HeaderMap::new(), &path_only)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.100.255",
+            "192.168.1.10",
+            "::1",
+            "2001:db8::ff",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn nothing_to_strip_leaves_headers_alone() {
+        let mut h = hm(&[("host", "a"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
     }
 
     #[test]

@@ -379,10 +379,10 @@ fn pool_uri(uri: &Uri) -> Result<Uri, Reject> {
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme("http")
-        .authority(POOL_AUTHORITY)
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| Reject::BadRequest("invalid request target"))
+    // From parts, not a builder: nothing is parsed again per request.
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(http::uri::Authority::from_static(POOL_AUTHORITY));
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).map_err(|_| Reject::BadRequest("invalid request target"))
 }
