@@ -458,13 +458,16 @@ impl Table {
 
     #[inline]
     fn find(&self, key: &Key, hash: u64) -> Option<&Slot> {
+        self.find_index(key, hash).map(|i| &self.slots[i])
+    }
+
+    fn find_index(&self, key: &Key, hash: u64) -> Option<usize> {
         let mask = self.slots.len() - 1;
         let mut i = hash as usize & mask;
         loop {
-            let slot = &self.slots[i];
-            match &slot.key {
+            match &self.slots[i].key {
                 None => return None,
-                Some(k) if k == key => return Some(slot),
+                Some(k) if k == key => return Some(i),
                 Some(_) => i = (i + 1) & mask,
             }
         }
@@ -473,24 +476,22 @@ impl Table {
     /// The slot of `key`, inserting a fresh bucket when there is none
     /// (`true`), growing first if that would pass the load limit.
     fn find_or_insert(&mut self, key: Key, hash: u64, seeds: Seeds) -> (&Slot, bool) {
-        if self.find(&key, hash).is_none() {
-            if Table::slots_for(self.len + 1) > self.slots.len() {
-                let slots = self.slots.len() * 2;
-                self.rebuild(slots, seeds, |_| true);
-            }
-            let i = self.place(
-                Slot {
-                    key: Some(key),
-                    state: InMemoryState::default(),
-                },
-                hash,
-            );
-            self.len += 1;
-            return (&self.slots[i], true);
+        if let Some(i) = self.find_index(&key, hash) {
+            return (&self.slots[i], false);
         }
-        // Found above; looked up again to keep the borrow checker happy.
-        let slot = self.find(&key, hash).expect("found above");
-        (slot, false)
+        if Table::slots_for(self.len + 1) > self.slots.len() {
+            let slots = self.slots.len() * 2;
+            self.rebuild(slots, seeds, |_| true);
+        }
+        let i = self.place(
+            Slot {
+                key: Some(key),
+                state: InMemoryState::default(),
+            },
+            hash,
+        );
+        self.len += 1;
+        (&self.slots[i], true)
     }
 
     /// Puts a slot whose key is absent into the first empty slot of its
