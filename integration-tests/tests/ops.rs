@@ -849,7 +849,7 @@ struct TlsConn {
 }
 
 async fn tls_connect(addr: SocketAddr, alpn: &[&[u8]]) -> TlsConn {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()

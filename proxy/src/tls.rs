@@ -1,4 +1,4 @@
-//! TLS for `listen` entries with `tls: {cert, key}`: rustls (ring provider)
+//! TLS for `listen` entries with `tls: {cert, key}`: rustls (aws-lc provider)
 //! with ALPN `h2` then `http/1.1`. The certificate is re-read on reload, so
 //! a renewed certificate needs no restart; a bad new one is refused and the
 //! old one keeps serving.
@@ -73,7 +73,7 @@ fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         path: key.to_path_buf(),
         detail: e.to_string(),
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
