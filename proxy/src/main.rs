@@ -2,7 +2,7 @@
 //! config: every error with its position, exit 64), builds the runtime
 //! (1 thread by default, leaving the cores to Python) and serves, or, with
 //! `run`, starts the workers first and stops them after the drain.
-// `deny`, not `forbid`: supervisor/pdeathsig.rs holds the one allowed `unsafe`.
+// `deny`, not `forbid`: supervisor/pdeathsig.rs and memory.rs hold the allowed `unsafe`.
 #![deny(unsafe_code)]
 
 mod accesslog;
@@ -11,6 +11,7 @@ mod auth;
 mod body;
 mod compress;
 mod gate;
+mod memory;
 mod metrics;
 mod pipeline;
 mod reject;

@@ -262,8 +262,14 @@ async fn rate_limit_housekeeping(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let mut freed = 0;
         for l in &shared.current().rate_limits {
+            let before = l.capacity();
             l.housekeeping();
+            freed += before.saturating_sub(l.capacity());
+        }
+        if freed >= crate::memory::TRIM_AFTER_FREED_SLOTS {
+            let _ = tokio::task::spawn_blocking(crate::memory::trim).await;
         }
     }
 }
