@@ -345,14 +345,8 @@ pub async fn health_loop(up: std::sync::Weak<Upstream>) {
 }
 
 async fn probe(w: &Worker, path: &str, limit: Duration) -> bool {
-    let uri = match Uri::builder()
-        .scheme("http")
-        .authority(POOL_AUTHORITY)
-        .path_and_query(path)
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => return false,
+    let Some(uri) = path.parse().ok().and_then(uri_for) else {
+        return false;
     };
     let req = match Request::get(uri)
         .header(http::header::HOST, "localhost")
@@ -379,10 +373,15 @@ fn pool_uri(uri: &Uri) -> Result<Uri, Reject> {
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    // From parts, not a builder: nothing is parsed again per request.
+    uri_for(pq).ok_or(Reject::BadRequest("invalid request target"))
+}
+
+/// The pool URI for a path and query, built from parts: nothing is parsed
+/// again per request.
+fn uri_for(pq: http::uri::PathAndQuery) -> Option<Uri> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(http::uri::Scheme::HTTP);
     parts.authority = Some(http::uri::Authority::from_static(POOL_AUTHORITY));
     parts.path_and_query = Some(pq);
-    Uri::from_parts(parts).map_err(|_| Reject::BadRequest("invalid request target"))
+    Uri::from_parts(parts).ok()
 }
