@@ -19,6 +19,7 @@ use http::{HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::{BoxError, GateBody};
+use crate::json::push_json_str;
 use crate::metrics;
 use crate::router::RouteEntry;
 
@@ -306,31 +307,6 @@ impl Body for LoggedBody {
     }
 }
 
-/// A JSON string literal (RFC 8259 escaping).
-pub fn push_json_str(out: &mut String, s: &str) {
-    use std::fmt::Write as _;
-    out.push('"');
-    let clean = |b: &u8| *b >= 0x20 && *b != b'"' && *b != b'\\';
-    if s.as_bytes().iter().all(clean) {
-        out.push_str(s);
-    } else {
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => out.push(c),
-            }
-        }
-    }
-    out.push('"');
-}
-
 /// `2026-11-25T15:04:05.123Z`
 fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -358,23 +334,6 @@ fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_strings_are_escaped_and_parse_back() {
-        for s in [
-            "plain",
-            "q\"uote",
-            "back\\slash",
-            "nl\nand\ttab",
-            "\u{1}ctl",
-            "ünï",
-        ] {
-            let mut out = String::new();
-            push_json_str(&mut out, s);
-            let back: String = serde_json::from_str(&out).unwrap();
-            assert_eq!(back, s);
-        }
-    }
 
     #[test]
     fn json_line_is_one_valid_json_object() {

@@ -11,6 +11,7 @@ mod auth;
 mod body;
 mod compress;
 mod gate;
+mod json;
 mod memory;
 mod metrics;
 mod pipeline;

@@ -106,9 +106,9 @@ pub fn response(rej: &Reject) -> Response<GateBody> {
     let (code, detail) = (rej.code(), rej.detail());
     let mut body = String::with_capacity(26 + code.len() + detail.len());
     body.push_str("{\"error\":");
-    crate::accesslog::push_json_str(&mut body, code);
+    crate::json::push_json_str(&mut body, code);
     body.push_str(",\"detail\":");
-    crate::accesslog::push_json_str(&mut body, detail);
+    crate::json::push_json_str(&mut body, detail);
     body.push('}');
     let mut resp = Response::new(GateBody::full(body));
     *resp.status_mut() = rej.status();
