@@ -11,8 +11,9 @@
 //! Run: `cargo bench -p asgi-gate-benches --bench jwt` (add `-- jwt_cold` for
 //! one group, `-- --quick` for a short run).
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use asgi_gate_benches::{fixture, unix_now, FAR_EXP, HS256_SECRET};
 use asgi_gate_filters::jwt::{JwtPolicy, KeySource, PolicyParams};
@@ -107,17 +108,9 @@ fn bench_jwt(c: &mut Criterion) {
     cached.finish();
 }
 
-fn config() -> Criterion {
-    // Short by default so the whole suite stays within a few minutes.
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = bench_jwt
 }
 criterion_main!(benches);

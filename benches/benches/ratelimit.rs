@@ -8,6 +8,8 @@
 //! Target (issue 6): check < 200 ns at 1 M keys.
 //! Run: `cargo bench -p asgi-gate-benches --bench ratelimit`.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -57,16 +59,9 @@ fn bench_ratelimit(c: &mut Criterion) {
     assert_eq!(many.overflow_checks(), 0);
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = bench_ratelimit
 }
 criterion_main!(benches);

@@ -10,8 +10,10 @@
 //! Target (issue 4): lookup < 1 µs at 1 M entries.
 //! Run: `cargo bench -p asgi-gate-benches --bench revocation`.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use asgi_gate_benches::{unix_now, uuid_like, FAR_EXP, HS256_SECRET};
 use asgi_gate_filters::jwt::{revocation_key, JwtPolicy, KeySource, PolicyParams};
@@ -102,16 +104,9 @@ fn bench_revocation(c: &mut Criterion) {
     assert_eq!(list.len(), ENTRIES + 1);
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = bench_revocation
 }
 criterion_main!(benches);
