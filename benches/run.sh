@@ -16,7 +16,8 @@
 #      WARMUP (2s; 0 = none), FRONTS (limit the fronts, e.g. "gate nginx"),
 #      H2_CONNS (8), H2_STREAMS (8), WS_CASES ("1x10000 200x50 1000x50"),
 #      WS_SIZE (64), GZIP_LEVEL (6), OFFLOAD_PATH (/api/big), OUT_DIR
-#      (benches/results), GATE_BIN (default: build target/release/asgi-gate;
+#      (benches/results), GATE_POOL (the gate's upstream pool as a YAML flow
+#      map; default max_connections 256), GATE_BIN (default: build target/release/asgi-gate;
 #      set it to skip the build), KEEP_TMP=1 (keep logs and configs),
 #      ports: GATE_PORT 18080, NGINX_PORT 18081, DIRECT_PORT 18082,
 #      STACK_PORT 18083, GATE2_PORT 18084, NGINX_H2_PORT 18085,
@@ -26,7 +27,7 @@ set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # The exact command: every setting given in the environment, before defaults.
 cmd_env=""
-for v in REPS DURATION CONNS WRK_THREADS WARMUP FRONTS H2_CONNS H2_STREAMS WS_CASES WS_SIZE GZIP_LEVEL OFFLOAD_PATH GATE_BIN; do
+for v in REPS DURATION CONNS WRK_THREADS WARMUP FRONTS H2_CONNS H2_STREAMS WS_CASES WS_SIZE GZIP_LEVEL OFFLOAD_PATH GATE_BIN GATE_POOL OUT_DIR; do
     [[ -n "${!v:-}" ]] && cmd_env+="$v=\"${!v}\" "
 done
 # shellcheck source=benches/lib.sh

@@ -7,6 +7,10 @@
 //! - `html1m`: 1 MiB of HTML-ish text (tables, paragraphs, links) built from
 //!   a small vocabulary with a fixed-seed PRNG.
 //!
+//! gzip runs twice on the 64 KiB JSON: streamed (length unknown: flate2 on
+//! miniz_oxide) and with its length declared (one pass through libdeflate,
+//! what the gate does for a response with a `Content-Length` up to 256 KiB).
+//!
 //! Criterion prints time and throughput (MiB/s of input) per case; the
 //! compressed size and ratio are printed once per case before it runs, and a
 //! Markdown table of both is printed at the end (throughput there is the
@@ -26,24 +30,31 @@ use std::time::{Duration, Instant};
 use asgi_gate_filters::compression::{Coding, CompressedBody, Levels};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use http_body::{Body, Frame};
+use http_body::{Body, Frame, SizeHint};
 
 /// How the worker's response reaches the encoder.
 const FRAME: usize = 16 * 1024;
 
-/// (coding, level, also on the 1 MiB input)
-const CASES: &[(Coding, u32, bool)] = &[
-    (Coding::Gzip, 1, true),
-    (Coding::Gzip, 6, true),
-    (Coding::Gzip, 9, true),
-    (Coding::Br, 1, true),
-    (Coding::Br, 4, true),
-    (Coding::Br, 6, true),
+/// (coding, level, also on the 1 MiB input, length declared up front)
+///
+/// With the length declared (a `Content-Length`, as most worker responses
+/// have) and at most 256 KiB, gzip is compressed in one pass by libdeflate;
+/// otherwise it streams through flate2 (miniz_oxide). Both are shown.
+const CASES: &[(Coding, u32, bool, bool)] = &[
+    (Coding::Gzip, 1, true, false),
+    (Coding::Gzip, 6, true, false),
+    (Coding::Gzip, 9, true, false),
+    (Coding::Gzip, 1, false, true),
+    (Coding::Gzip, 6, false, true),
+    (Coding::Gzip, 9, false, true),
+    (Coding::Br, 1, true, false),
+    (Coding::Br, 4, true, false),
+    (Coding::Br, 6, true, false),
     // ~1 MB/s: on 1 MiB it alone would take most of the time budget.
-    (Coding::Br, 11, false),
-    (Coding::Zstd, 1, true),
-    (Coding::Zstd, 3, true),
-    (Coding::Zstd, 9, true),
+    (Coding::Br, 11, false, false),
+    (Coding::Zstd, 1, true, false),
+    (Coding::Zstd, 3, true, false),
+    (Coding::Zstd, 9, true, false),
 ];
 
 /// The app's `/big` (integration-tests/app/app.py), byte for byte.
@@ -203,11 +214,12 @@ fn html_1m() -> Bytes {
     Bytes::from(s)
 }
 
-/// The worker's body as hyper hands it on: `FRAME`-sized data frames.
-struct Frames(VecDeque<Bytes>);
+/// The worker's body as hyper hands it on: `FRAME`-sized data frames, and
+/// its length when declared.
+struct Frames(VecDeque<Bytes>, Option<u64>);
 
 impl Frames {
-    fn new(input: &Bytes) -> Frames {
+    fn new(input: &Bytes, known: bool) -> Frames {
         let mut q = VecDeque::with_capacity(input.len() / FRAME + 1);
         let mut at = 0;
         while at < input.len() {
@@ -215,7 +227,7 @@ impl Frames {
             q.push_back(input.slice(at..end));
             at = end;
         }
-        Frames(q)
+        Frames(q, known.then_some(input.len() as u64))
     }
 }
 
@@ -228,6 +240,10 @@ impl Body for Frames {
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.1.map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
@@ -243,9 +259,9 @@ fn levels(coding: Coding, level: u32) -> Levels {
 
 /// Runs `input` through `CompressedBody` and returns the encoded bytes. The
 /// inner body is always ready, so polling never returns `Pending`.
-fn compress(input: &Bytes, coding: Coding, levels: &Levels, out: &mut Vec<u8>) {
+fn compress(input: &Bytes, coding: Coding, levels: &Levels, known: bool, out: &mut Vec<u8>) {
     out.clear();
-    let mut body = CompressedBody::new(Frames::new(input), coding, levels, false).unwrap();
+    let mut body = CompressedBody::new(Frames::new(input, known), coding, levels, false).unwrap();
     let mut cx = Context::from_waker(Waker::noop());
     loop {
         match Pin::new(&mut body).poll_frame(&mut cx) {
@@ -300,11 +316,12 @@ fn bench_compression(c: &mut Criterion, rows: &RefCell<Vec<Row>>) {
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(if *large { 3 } else { 2 }))
             .throughput(Throughput::Bytes(input.len() as u64));
-        for &(coding, level, on_large) in CASES {
+        for &(coding, level, on_large, known) in CASES {
             if *large && !on_large {
                 continue;
             }
-            let case = format!("{}-{level}", coding.as_str());
+            let suffix = if known { "-known-length" } else { "" };
+            let case = format!("{}-{level}{suffix}", coding.as_str());
             let id = BenchmarkId::from_parameter(&case);
             let lv = levels(coding, level);
             let mut measured = false;
@@ -316,7 +333,7 @@ fn bench_compression(c: &mut Criterion, rows: &RefCell<Vec<Row>>) {
                     // Once per case (criterion calls this closure only when
                     // the case is selected): size, ratio, and a round trip.
                     measured = true;
-                    compress(input, coding, &lv, &mut out);
+                    compress(input, coding, &lv, known, &mut out);
                     assert!(
                         decode(coding, &out) == input[..],
                         "{name} {case}: round trip failed"
@@ -339,7 +356,7 @@ fn bench_compression(c: &mut Criterion, rows: &RefCell<Vec<Row>>) {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        compress(black_box(input), coding, &lv, &mut out);
+                        compress(black_box(input), coding, &lv, known, &mut out);
                         black_box(out.len());
                     }
                     let took = start.elapsed();

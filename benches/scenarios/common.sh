@@ -8,6 +8,7 @@ want() { [[ -z "${FRONTS:-}" || " $FRONTS " == *" $1 "* ]]; }
 # before $SOCK, threads: 1. Default routes: everything to the app.
 gate_yaml() {
     local file="$1" port="$2" admin="$3" top="${4:-}" routes="${5:-}" pool="${6:-}"
+    [[ -n "$pool" ]] || pool="${GATE_POOL:-}"
     [[ -n "$pool" ]] || pool='{ max_idle: 64, max_connections: 256, idle_timeout: 4s }'
     [[ -n "$routes" ]] || routes='  - path: /{*rest}
     upstream: app

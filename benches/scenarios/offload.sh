@@ -68,6 +68,29 @@ compression:
         start_uvicorn_tcp app "$DIRECT_PORT"
         add_front direct wrk "http://127.0.0.1:$DIRECT_PORT$path" 2xx "" "$REPLY" "plain app.py on TCP: no auth, no limit, no compression (the ceiling: Python's JSON response alone)"
     fi
+    # The issue's condition "at equal or better compressed size": the bytes
+    # of one compressed response from each front that compresses.
+    local f sizes="" gate_b="" stack_b="" url hdrs
+    for f in gate stack nginx; do
+        case "$f" in
+            gate) url="http://127.0.0.1:$GATE_PORT$path" ;;
+            stack) url="http://127.0.0.1:$STACK_PORT$path" ;;
+            nginx) url="http://127.0.0.1:$NGINX_PORT$path" ;;
+        esac
+        want "$f" || continue
+        hdrs=(-H "Accept-Encoding: gzip" -H "Authorization: Bearer $JWT_TOKEN")
+        local b
+        b="$(curl -s -o /dev/null -w '%{size_download}' "${hdrs[@]}" "$url" || true)"
+        sizes+="${sizes:+, }$f $b B"
+        [[ "$f" == gate ]] && gate_b="$b"
+        [[ "$f" == stack ]] && stack_b="$b"
+    done
+    if [[ -n "$gate_b" && -n "$stack_b" ]]; then
+        local met=NO
+        ((gate_b > 0 && gate_b <= stack_b)) && met=yes
+        sizes+=" — gate at equal or better size than the stack: $met"
+    fi
+    NOTES+=("gzip response body (one request each, bytes on the wire): $sizes")
     measure - "${FRONTS_ORDER[@]}"
     RATIOS+=("-|gate|stack|rps|>=|2.3|gate / stack req/s"
         "-|gate|stack|p99_ms|<=|0.333|gate / stack p99"

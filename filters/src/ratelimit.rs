@@ -43,7 +43,9 @@
 //! doubled when it would pass that; housekeeping removes buckets by
 //! rebuilding a shard's table (`retain_recent`, same size) or rebuilding it
 //! smaller (`shrink_to_fit`), one shard at a time, so it briefly needs one
-//! shard's table twice.
+//! shard's table twice. Tables of 4 MiB and more are advised to the kernel
+//! as transparent huge pages (`hugepages.rs`): at 1 M keys most of a
+//! check's time was TLB misses.
 //!
 //! The hash is two rounds of a multiply-and-fold (the high and low halves
 //! of a 64×64→128-bit product, XORed) over the key's words, keyed by three
@@ -441,8 +443,12 @@ struct Table {
 impl Table {
     fn with_slots(n: usize) -> Self {
         debug_assert!(n.is_power_of_two() && n >= MIN_SLOTS);
+        let mut slots = Vec::with_capacity(n);
+        // Before the first write, so the first touches fault in huge pages.
+        crate::hugepages::advise(&slots);
+        slots.resize_with(n, Slot::default);
         Table {
-            slots: std::iter::repeat_with(Slot::default).take(n).collect(),
+            slots: slots.into_boxed_slice(),
             len: 0,
         }
     }
