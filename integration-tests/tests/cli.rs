@@ -129,12 +129,12 @@ async fn serve_with_a_bad_config_exits_64_with_the_same_messages() {
 
 #[tokio::test]
 async fn sections_not_built_yet_are_refused_at_serve_time() {
-    let cors = format!("{VALID}cors:\n  allow_origins: [\"https://app.example.com\"]\n");
-    let out = run_gate_to_exit(&[], &cors, &[]).await;
+    let static_route = format!("{VALID}  - path: /static/{{*path}}\n    static: {{ dir: /tmp }}\n");
+    let out = run_gate_to_exit(&[], &static_route, &[]).await;
     assert_eq!(out.code, Some(64), "stderr:\n{}", out.stderr);
     assert!(
-        out.stderr.contains("cors"),
-        "stderr does not name `cors`:\n{}",
+        out.stderr.contains("static"),
+        "stderr does not name `static`:\n{}",
         out.stderr
     );
 }

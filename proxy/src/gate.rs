@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::path::PathBuf;
 use std::sync::RwLock;
 
-use asgi_gate_config::{Config, ConfigErrors, Limits, LoadOptions, RateKey, Route, RouteTarget};
+use asgi_gate_config::{
+    Config, ConfigErrors, Cors, Limits, LoadOptions, RateKey, Route, RouteCors, RouteTarget,
+};
 use asgi_gate_filters::ratelimit::{KeyKind, LimitParams, RateLimit, RateLimitError};
-use asgi_gate_filters::security_headers;
+use asgi_gate_filters::{cors, security_headers};
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
@@ -53,6 +55,17 @@ pub enum GateError {
     Auth(#[from] AuthSetupError),
     #[error("security_headers.{0}: not a valid header value")]
     HeaderValue(&'static str),
+}
+
+fn cors_policy(c: &Cors) -> cors::Policy {
+    cors::Policy::new(
+        &c.allow_origins,
+        &c.allow_methods,
+        &c.allow_headers,
+        &c.expose_headers,
+        c.allow_credentials,
+        c.max_age,
+    )
 }
 
 fn security_policy(cfg: &Config) -> Result<Option<security_headers::Policy>, GateError> {
@@ -151,8 +164,9 @@ impl Gate {
                 })
             })
             .collect();
+        let cors = cfg.cors.as_ref().map(|c| Arc::new(cors_policy(c)));
         let router = Router::new(&cfg.routes, |route| {
-            route_entry(route, cfg, &upstreams, &rate_limits, &auth)
+            route_entry(route, cfg, &upstreams, &rate_limits, &auth, cors.as_ref())
         })?;
         Ok(Gate {
             router,
@@ -194,6 +208,7 @@ fn route_entry(
     upstreams: &[Arc<Upstream>],
     limits: &[Arc<RateLimit>],
     auth: &[Arc<AuthSlot>],
+    global_cors: Option<&Arc<cors::Policy>>,
 ) -> Result<RouteEntry, RouterError> {
     let unknown = |kind, name: &str| RouterError::Unknown {
         path: route.path.clone(),
@@ -237,6 +252,11 @@ fn route_entry(
         limits_after_auth,
         auth,
         compression: crate::compress::route_policy(cfg.compression.as_ref(), route),
+        cors: match &route.cors {
+            RouteCors::Inherit => global_cors.cloned(),
+            RouteCors::Off => None,
+            RouteCors::Own(c) => Some(Arc::new(cors_policy(c))),
+        },
         duration: crate::metrics::get().map(|m| m.duration.with_label_values(&[&route.path])),
         requests: Default::default(),
     })

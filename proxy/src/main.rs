@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use asgi_gate_config::{Config, LoadOptions, RouteCors, RouteTarget};
+use asgi_gate_config::{Config, LoadOptions, RouteTarget};
 use clap::{Parser, Subcommand};
 
 /// Exit code for a config that cannot be served (sysexits EX_USAGE).
@@ -304,15 +304,6 @@ fn not_built_yet(cfg: &Config) -> Vec<(&'static str, &'static str)> {
         cfg.rate_limits.values().any(|l| l.shared),
         "rate_limits.*.shared",
         "Redis-shared limits",
-    );
-    flag(
-        cfg.cors.is_some()
-            || cfg
-                .routes
-                .iter()
-                .any(|r| matches!(r.cors, RouteCors::Own(_))),
-        "cors",
-        "CORS",
     );
     flag(
         cfg.routes

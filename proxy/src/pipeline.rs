@@ -9,9 +9,9 @@ use std::sync::Arc;
 use asgi_gate_filters::jwt::{self, AuthError, Claims, TokenLocation};
 use asgi_gate_filters::limits::{self, LimitError};
 use asgi_gate_filters::ratelimit::{self, ClaimValue, RateLimit};
-use asgi_gate_filters::{forwarding, hosts, request_id, security_headers};
+use asgi_gate_filters::{cors, forwarding, hosts, request_id, security_headers};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
 use crate::accesslog::{LoggedBody, RequestLog};
@@ -40,7 +40,8 @@ pub async fn handle(
 ) -> Response<LoggedBody> {
     let id = request_id::ensure(req.headers_mut());
     let mut log = RequestLog::start(req.method(), req.uri().path(), id.clone());
-    let mut resp = match process(&gate, &conn, req, &mut log).await {
+    let mut cors = None;
+    let mut resp = match process(&gate, &conn, req, &mut log, &mut cors).await {
         Ok(resp) => resp,
         Err(rej) => {
             log.reason = Some(rej.reason());
@@ -49,6 +50,10 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(request_id::X_REQUEST_ID.clone(), id);
+    // Rejections too: a browser script may read the gate's 401 or 429.
+    if let Some((policy, origin)) = &cors {
+        policy.apply(origin, resp.headers_mut());
+    }
     if let Some(policy) = &gate.security_headers {
         security_headers::apply(resp.headers_mut(), policy, conn.proto == "https");
     }
@@ -56,11 +61,15 @@ pub async fn handle(
     resp.map(|body| LoggedBody::new(body, log))
 }
 
+/// The route's CORS policy and the request's `Origin`, for the response.
+type CorsReply = Option<(Arc<cors::Policy>, HeaderValue)>;
+
 async fn process(
     gate: &Gate,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     log: &mut RequestLog,
+    cors_reply: &mut CorsReply,
 ) -> Result<Response<GateBody>, Reject> {
     // 1. Size limits on what has arrived so far.
     limits::check_head(
@@ -86,11 +95,31 @@ async fn process(
         return redirect_to_https(req.uri(), host.as_ref(), port);
     }
 
-    // 2. Route: path pattern, then method.
+    // 2. Route: path pattern, then method. A CORS preflight is routed by the
+    //    method it asks about and, on a route that does CORS, answered here.
     let client_ip = forwarding::client_ip(conn.peer.ip(), req.headers(), &gate.trusted_proxies);
     log.client_ip = Some(client_ip);
-    let route = gate.router.find(req.uri().path(), req.method())?.clone();
+    let preflight = match req.method() == Method::OPTIONS {
+        true => cors::preflight_method(req.headers()),
+        false => None,
+    };
+    let path = req.uri().path();
+    let mut route = gate
+        .router
+        .find(path, preflight.as_ref().unwrap_or(req.method()))?
+        .clone();
+    if preflight.is_some() {
+        log.route = Some(route.clone());
+        match &route.cors {
+            Some(policy) => return answer_preflight(policy, req.headers()),
+            // The gate does no CORS here: an OPTIONS request like any other.
+            None => route = gate.router.find(path, req.method())?.clone(),
+        }
+    }
     log.route = Some(route.clone());
+    if let (Some(policy), Some(origin)) = (&route.cors, req.headers().get(header::ORIGIN)) {
+        *cors_reply = Some((policy.clone(), origin.clone()));
+    }
 
     // 3. Rate limits keyed by client IP or header, before any token work.
     let mut limit_headers = HeaderMap::new();
@@ -154,6 +183,20 @@ async fn process(
     if !limit_headers.is_empty() {
         resp.headers_mut().extend(limit_headers);
     }
+    Ok(resp)
+}
+
+/// 204 with the CORS headers, or 400 saying what the policy refuses.
+fn answer_preflight(
+    policy: &cors::Policy,
+    headers: &HeaderMap,
+) -> Result<Response<GateBody>, Reject> {
+    let allowed = policy
+        .preflight(headers)
+        .map_err(|e| Reject::BadRequest(e.detail()))?;
+    let mut resp = Response::new(GateBody::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    *resp.headers_mut() = allowed;
     Ok(resp)
 }
 

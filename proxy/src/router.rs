@@ -26,6 +26,8 @@ pub struct RouteEntry {
     pub auth: Option<Arc<AuthSlot>>,
     /// `None` when this route does not compress.
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// `None` when the gate does not do CORS on this route.
+    pub cors: Option<Arc<asgi_gate_filters::cors::Policy>>,
     /// This route's duration histogram, resolved once (label lookups hash).
     pub duration: Option<prometheus::Histogram>,
     pub requests: crate::metrics::RequestCounters,
@@ -194,6 +196,7 @@ mod tests {
             limits_after_auth: vec![],
             auth: None,
             compression: None,
+            cors: None,
             duration: None,
             requests: Default::default(),
         })
