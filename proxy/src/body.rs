@@ -13,6 +13,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use crate::upstream::Lease;
+
 /// Response bytes as the worker sent them (before compression).
 static UPSTREAM_BYTES: std::sync::LazyLock<Option<prometheus::IntCounter>> =
     std::sync::LazyLock::new(|| {
@@ -97,19 +99,38 @@ impl Body for RequestBody {
 }
 
 /// Counts requests in flight to one worker; decremented when dropped, which
-/// is when the response body ends or the client goes away.
-pub struct InFlight(Arc<AtomicUsize>);
+/// is when the response body ends or the client goes away. Holds the worker
+/// connection's [`Lease`]: back to the pool only if the body ended.
+pub struct InFlight {
+    counter: Arc<AtomicUsize>,
+    lease: Option<Lease>,
+}
 
 impl InFlight {
     pub fn enter(counter: &Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
-        InFlight(counter.clone())
+        InFlight {
+            counter: counter.clone(),
+            lease: None,
+        }
+    }
+
+    /// The worker connection serving this response.
+    pub fn hold(&mut self, lease: Lease) {
+        self.lease = Some(lease);
+    }
+
+    /// The response body has ended: the connection can serve another request.
+    fn finish(mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.done();
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.counter.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -146,10 +167,15 @@ impl GateBody {
     }
 
     pub fn upstream(body: Incoming, guard: InFlight) -> Self {
-        GateBody::Upstream {
-            body,
-            guard: Some(guard),
-        }
+        // An empty body (204, HEAD, Content-Length: 0) is never polled.
+        let guard = match body.is_end_stream() {
+            true => {
+                guard.finish();
+                None
+            }
+            false => Some(guard),
+        };
+        GateBody::Upstream { body, guard }
     }
 }
 
@@ -162,17 +188,28 @@ impl Body for GateBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project() {
-            GateBodyProj::Upstream { body, guard } => {
-                let r = ready!(body.poll_frame(cx));
+            GateBodyProj::Upstream { mut body, guard } => {
+                let r = ready!(body.as_mut().poll_frame(cx));
                 match &r {
-                    // Release the worker slot as soon as its response is done.
-                    None => drop(guard.take()),
+                    // Release the worker slot as soon as its response is
+                    // done; hyper stops polling once `is_end_stream` says so.
+                    None => {
+                        if let Some(g) = guard.take() {
+                            g.finish();
+                        }
+                    }
                     Some(Ok(f)) => {
                         if let (Some(d), Some(c)) = (f.data_ref(), &*UPSTREAM_BYTES) {
                             c.inc_by(d.len() as u64);
                         }
+                        if body.is_end_stream() {
+                            if let Some(g) = guard.take() {
+                                g.finish();
+                            }
+                        }
                     }
-                    Some(Err(_)) => {}
+                    // The connection is not reused: dropping the lease closes it.
+                    Some(Err(_)) => drop(guard.take()),
                 }
                 Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
             }

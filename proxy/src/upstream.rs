@@ -1,28 +1,37 @@
-//! Upstream workers and their pools. One hyper-util pooled client per worker
-//! socket; its connector is the only way a socket to the worker is opened,
-//! and it holds one semaphore permit per open socket, so `max_connections`
-//! is a hard limit: a request that finds no idle connection and no free
-//! permit waits for either until `connect_timeout`, then gets 503. Requests
-//! go to the worker with the fewest in flight.
+//! Upstream workers and their pools. One pool of HTTP/1.1 connections
+//! (hyper's connection-level client) per worker socket; its connector is the
+//! only way a socket to the worker is opened, and it holds one semaphore
+//! permit per open socket, so `max_connections` is a hard limit: a request
+//! that finds no idle connection and no free permit waits for either until
+//! `connect_timeout`, then gets 503. Requests go to the worker with the
+//! fewest in flight.
+//!
+//! Our own pool rather than hyper-util's legacy client: with one key per
+//! worker and HTTP/1.1 only, its pool keys, checkout races and the task it
+//! spawns per request to return a connection were about a tenth of the
+//! gate's instructions per proxied request (callgrind, `benches/profile.sh`).
+//! A connection goes back to the pool when its response body ends (the
+//! [`Lease`]); a reused connection the worker had closed before our request
+//! was written is retried on another, as hyper-util's `retry_canceled_requests`
+//! did; idle ones older than `idle_timeout` are closed (uvicorn's keep-alive
+//! is 5 s).
 
-use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use asgi_gate_config::Upstream as UpstreamConf;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{InFlight, RequestBody, RequestBodyError};
 use crate::reject::Reject;
@@ -42,12 +51,6 @@ pub enum ConnectError {
 pub struct UdsStream {
     stream: UnixStream,
     _permit: OwnedSemaphorePermit,
-}
-
-impl Connection for UdsStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 impl AsyncRead for UdsStream {
@@ -91,8 +94,7 @@ impl AsyncWrite for UdsStream {
 }
 
 /// Opens sockets to one worker, never more than its permits allow.
-#[derive(Clone)]
-pub struct UdsConnector {
+struct UdsConnector {
     path: Arc<PathBuf>,
     permits: Arc<Semaphore>,
     max: usize,
@@ -101,56 +103,195 @@ pub struct UdsConnector {
     errors: Option<prometheus::IntCounter>,
 }
 
-impl tower_service::Service<Uri> for UdsConnector {
-    type Response = TokioIo<UdsStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+impl UdsConnector {
+    /// The socket, for a permit already held.
+    async fn open(
+        &self,
+        permit: OwnedSemaphorePermit,
+        deadline: tokio::time::Instant,
+    ) -> Result<UdsStream, ConnectError> {
+        let connected = tokio::time::timeout_at(deadline, UnixStream::connect(&*self.path)).await;
+        let stream = match connected {
+            Ok(Ok(s)) => s,
+            failed => {
+                if let Some(e) = &self.errors {
+                    e.inc();
+                }
+                return Err(match failed {
+                    Ok(Err(e)) => ConnectError::Io(e),
+                    _ => ConnectError::Timeout,
+                });
+            }
+        };
+        Ok(UdsStream {
+            stream,
+            _permit: permit,
+        })
+    }
+}
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
+type Sender = http1::SendRequest<RequestBody>;
+
+struct IdleConn {
+    tx: Sender,
+    since: Instant,
+}
+
+/// One worker's connections: the idle ones (most recent last, so the
+/// warmest is reused first) and the connector that opens new ones. A
+/// connection is idle from the end of its response body until it is taken
+/// again; a busy one is held by the [`Lease`] of its request.
+struct Pool {
+    idle: Mutex<Vec<IdleConn>>,
+    /// Signalled on every check-in, for requests waiting at the cap.
+    returned: Notify,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connector: UdsConnector,
+}
+
+/// Why a request could not be sent to a worker.
+#[derive(Debug)]
+enum SendError {
+    Connect(ConnectError),
+    Hyper(hyper::Error),
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Vec<IdleConn>> {
+        // Nothing panics while it is held.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let me = self.clone();
-        Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + me.connect_timeout;
-            let permit = match me.permits.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    if let Some(w) = &me.waits {
-                        w.inc();
-                    }
-                    match tokio::time::timeout_at(deadline, me.permits.acquire_owned()).await {
-                        Ok(Ok(p)) => p,
-                        _ => return Err(ConnectError::PoolFull(me.max)),
+    /// The most recently used idle connection that is still open and not
+    /// older than `idle_timeout` (older ones are dropped, which closes them:
+    /// uvicorn closes its side after 5 s).
+    fn checkout(&self) -> Option<Sender> {
+        let mut idle = self.lock();
+        while let Some(c) = idle.pop() {
+            if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, tx: Sender) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(IdleConn {
+                tx,
+                since: Instant::now(),
+            });
+            drop(idle);
+            self.returned.notify_one();
+        }
+    }
+
+    /// Closes the connections idle for `idle_timeout` or more.
+    fn reap(&self) {
+        let timeout = self.idle_timeout;
+        self.lock()
+            .retain(|c| !c.tx.is_closed() && c.since.elapsed() < timeout);
+    }
+
+    /// An idle connection (`true`), else a new one. At `max_connections`
+    /// it waits, until `connect_timeout`, for whichever comes first: a
+    /// connection checked in, or a permit freed by one that closed.
+    async fn acquire(&self) -> Result<(Sender, bool), SendError> {
+        if let Some(tx) = self.checkout() {
+            return Ok((tx, true));
+        }
+        let c = &self.connector;
+        let deadline = tokio::time::Instant::now() + c.connect_timeout;
+        let permit = match c.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if let Some(w) = &c.waits {
+                    w.inc();
+                }
+                let full = || SendError::Connect(ConnectError::PoolFull(c.max));
+                let permit = c.permits.clone().acquire_owned();
+                let timeout = tokio::time::sleep_until(deadline);
+                tokio::pin!(permit, timeout);
+                loop {
+                    tokio::select! {
+                        p = &mut permit => break p.map_err(|_| full())?,
+                        () = self.returned.notified() => {
+                            if let Some(tx) = self.checkout() {
+                                return Ok((tx, true));
+                            }
+                        }
+                        () = &mut timeout => return Err(full()),
                     }
                 }
-            };
-            let connected = tokio::time::timeout_at(deadline, UnixStream::connect(&*me.path)).await;
-            let stream = match connected {
-                Ok(Ok(s)) => s,
-                failed => {
-                    if let Some(e) = &me.errors {
-                        e.inc();
-                    }
-                    return Err(match failed {
-                        Ok(Err(e)) => ConnectError::Io(e),
-                        _ => ConnectError::Timeout,
-                    });
+            }
+        };
+        let io = c.open(permit, deadline).await.map_err(SendError::Connect)?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::Hyper)?;
+        // Runs until the worker or the gate closes the connection; then the
+        // socket, and with it the permit, is released.
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "worker connection ended");
+            }
+        });
+        Ok((tx, false))
+    }
+
+    /// Sends `req` on an idle connection or a new one. A request that a
+    /// reused connection could not take (the worker had closed it) is sent
+    /// again on another; one that was written is never sent twice.
+    async fn send(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        loop {
+            let (mut tx, reused) = self.acquire().await?;
+            if reused && !tx.is_ready() && tx.ready().await.is_err() {
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let lease = Lease {
+                        conn: Some((tx, self.clone())),
+                    };
+                    return Ok((resp, lease));
                 }
-            };
-            Ok(TokioIo::new(UdsStream {
-                stream,
-                _permit: permit,
-            }))
-        })
+                Err(mut e) => match e.take_message() {
+                    Some(again) if reused => req = again,
+                    _ => return Err(SendError::Hyper(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// A worker connection serving one response. [`Lease::done`] at the end of
+/// the response body puts it back in the pool; dropped before that (a
+/// client gone mid-body, an upgrade), the connection is closed instead.
+pub struct Lease {
+    conn: Option<(Sender, Arc<Pool>)>,
+}
+
+impl Lease {
+    pub fn done(mut self) {
+        if let Some((tx, pool)) = self.conn.take() {
+            pool.checkin(tx);
+        }
     }
 }
 
 /// One worker socket with its pool.
 pub struct Worker {
     pub socket: Arc<PathBuf>,
-    client: Client<UdsConnector, RequestBody>,
+    pool: Arc<Pool>,
     permits: Arc<Semaphore>,
     max: usize,
     in_flight: Arc<AtomicUsize>,
@@ -171,19 +312,16 @@ impl Worker {
             waits: metrics.map(|m| m.pool_waits.with_label_values(&[upstream])),
             errors: metrics.map(|m| m.connect_errors.with_label_values(&[upstream])),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(conf.pool.idle_timeout)
-            .pool_max_idle_per_host(conf.pool.max_idle)
-            // Host is the client's, set by the pipeline; the URI is only a pool key.
-            .set_host(false)
-            // A reused connection the worker had closed is retried on a new one.
-            .retry_canceled_requests(true)
-            .build(connector);
+        let pool = Arc::new(Pool {
+            idle: Mutex::new(Vec::new()),
+            returned: Notify::new(),
+            max_idle: conf.pool.max_idle,
+            idle_timeout: conf.pool.idle_timeout,
+            connector,
+        });
         Worker {
             socket,
-            client,
+            pool,
             permits,
             max,
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -210,9 +348,6 @@ pub struct Upstream {
     pub read_timeout: Duration,
     pub health: Option<asgi_gate_config::HealthCheck>,
 }
-
-/// The authority every upstream request URI carries: the pool key only.
-const POOL_AUTHORITY: &str = "worker";
 
 impl Upstream {
     pub fn new(name: &str, conf: &UpstreamConf) -> Upstream {
@@ -246,11 +381,17 @@ impl Upstream {
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, InFlight, Arc<PathBuf>), Reject> {
         let worker = self.pick().ok_or(Reject::BadGateway)?;
-        let guard = InFlight::enter(&worker.in_flight);
-        *req.uri_mut() = pool_uri(req.uri())?;
+        let mut guard = InFlight::enter(&worker.in_flight);
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            // h2 and absolute-form requests: the worker gets origin-form.
+            *req.uri_mut() = origin_form(req.uri());
+        }
         *req.version_mut() = http::Version::HTTP_11;
-        match tokio::time::timeout(self.read_timeout, worker.client.request(req)).await {
-            Ok(Ok(resp)) => Ok((resp, guard, worker.socket.clone())),
+        match tokio::time::timeout(self.read_timeout, worker.pool.send(req)).await {
+            Ok(Ok((resp, lease))) => {
+                guard.hold(lease);
+                Ok((resp, guard, worker.socket.clone()))
+            }
             Ok(Err(e)) => Err(self.classify(worker, &e)),
             Err(_) => {
                 tracing::warn!(upstream = %self.name, socket = %worker.socket.display(), "worker did not answer within read_timeout");
@@ -259,12 +400,11 @@ impl Upstream {
         }
     }
 
-    /// Maps a client error to the rejection, logging upstream and socket
+    /// Maps a send error to the rejection, logging upstream and socket
     /// (never told to the client).
-    fn classify(&self, worker: &Worker, e: &hyper_util::client::legacy::Error) -> Reject {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(err) = source {
-            if let Some(ce) = err.downcast_ref::<ConnectError>() {
+    fn classify(&self, worker: &Worker, e: &SendError) -> Reject {
+        let e = match e {
+            SendError::Connect(ce) => {
                 tracing::warn!(upstream = %self.name, socket = %worker.socket.display(), error = %ce, "no connection to worker");
                 return match ce {
                     ConnectError::PoolFull(_) => Reject::ServiceUnavailable,
@@ -278,6 +418,10 @@ impl Upstream {
                     }
                 };
             }
+            SendError::Hyper(e) => e,
+        };
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
             if let Some(be) = err.downcast_ref::<RequestBodyError>() {
                 return match be {
                     RequestBodyError::TooLarge { .. } => Reject::PayloadTooLarge,
@@ -340,48 +484,38 @@ pub async fn health_loop(up: std::sync::Weak<Upstream>) {
     loop {
         tick.tick().await;
         let Some(u) = up.upgrade() else { return };
+        for w in &u.workers {
+            w.pool.reap();
+        }
         u.check_health().await;
     }
 }
 
 async fn probe(w: &Worker, path: &str, limit: Duration) -> bool {
-    let Some(uri) = path.parse().ok().and_then(uri_for) else {
-        return false;
-    };
-    let req = match Request::get(uri)
+    let req = match Request::get(path)
         .header(http::header::HOST, "localhost")
         .body(RequestBody::empty())
     {
         Ok(r) => r,
         Err(_) => return false,
     };
-    match tokio::time::timeout(limit, w.client.request(req)).await {
-        Ok(Ok(resp)) => {
-            let ok = resp.status().is_success();
-            // Drain so the connection goes back to the pool.
-            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-            ok
-        }
-        _ => false,
+    let checked = async {
+        let (resp, lease) = w.pool.send(req).await.ok()?;
+        let ok = resp.status().is_success();
+        // Read to the end so the connection goes back to the pool.
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .ok()?;
+        lease.done();
+        Some(ok)
+    };
+    matches!(tokio::time::timeout(limit, checked).await, Ok(Some(true)))
+}
+
+/// The path and query of `uri` alone, as HTTP/1.1 sends them.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
     }
-}
-
-/// `http://worker/<path?query>`: the legacy client wants an absolute URI and
-/// sends only the path and query on the wire.
-fn pool_uri(uri: &Uri) -> Result<Uri, Reject> {
-    let pq = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    uri_for(pq).ok_or(Reject::BadRequest("invalid request target"))
-}
-
-/// The pool URI for a path and query, built from parts: nothing is parsed
-/// again per request.
-fn uri_for(pq: http::uri::PathAndQuery) -> Option<Uri> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(http::uri::Authority::from_static(POOL_AUTHORITY));
-    parts.path_and_query = Some(pq);
-    Uri::from_parts(parts).ok()
 }
