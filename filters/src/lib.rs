@@ -16,3 +16,4 @@ pub mod ratelimit;
 pub mod request_id;
 pub mod revocation;
 pub mod security_headers;
+pub mod static_path;

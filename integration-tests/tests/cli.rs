@@ -129,12 +129,14 @@ async fn serve_with_a_bad_config_exits_64_with_the_same_messages() {
 
 #[tokio::test]
 async fn sections_not_built_yet_are_refused_at_serve_time() {
-    let static_route = format!("{VALID}  - path: /static/{{*path}}\n    static: {{ dir: /tmp }}\n");
-    let out = run_gate_to_exit(&[], &static_route, &[]).await;
+    let ws_limits = format!(
+        "{VALID}  - path: /ws/{{*rest}}\n    upstream: app\n    websocket: {{ max_message: 1MiB }}\n"
+    );
+    let out = run_gate_to_exit(&[], &ws_limits, &[]).await;
     assert_eq!(out.code, Some(64), "stderr:\n{}", out.stderr);
     assert!(
-        out.stderr.contains("static"),
-        "stderr does not name `static`:\n{}",
+        out.stderr.contains("websocket"),
+        "stderr does not name `websocket`:\n{}",
         out.stderr
     );
 }

@@ -6,10 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use http::Method;
-use http_body_util::Full;
 
 const APP: &str = "https://app.example.com";
 
@@ -34,13 +32,7 @@ fn cors_config(w: &Worker) -> String {
 }
 
 async fn send(g: &Gate, method: Method, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut b = req(method, g.addr, path);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    send_h1(g.addr, b.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap()
+    send_with(g.addr, method, path, headers).await
 }
 
 /// uvicorn's access-log lines for `OPTIONS <path>`.

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 
 use crate::auth::{self, AuthSetupError, AuthSlot, Revocations};
 use crate::router::{RouteEntry, Router, RouterError};
+use crate::static_files::StaticRoute;
 use crate::upstream::Upstream;
 
 pub struct Gate {
@@ -215,13 +216,18 @@ fn route_entry(
         kind,
         name: name.to_string(),
     };
-    let upstream = match &route.target {
-        RouteTarget::Upstream(name) => upstreams
-            .iter()
-            .position(|u| u.name == *name)
-            .ok_or_else(|| unknown("upstream", name))?,
-        // Static routes are refused before the gate is built.
-        RouteTarget::Static(_) => usize::MAX,
+    let (upstream, static_files) = match &route.target {
+        RouteTarget::Upstream(name) => (
+            upstreams
+                .iter()
+                .position(|u| u.name == *name)
+                .ok_or_else(|| unknown("upstream", name))?,
+            None,
+        ),
+        RouteTarget::Static(dir) => (
+            usize::MAX,
+            Some(Arc::new(StaticRoute::new(&route.path, dir)?)),
+        ),
     };
     let mut limits_before_auth = Vec::new();
     let mut limits_after_auth = Vec::new();
@@ -252,6 +258,7 @@ fn route_entry(
         limits_after_auth,
         auth,
         compression: crate::compress::route_policy(cfg.compression.as_ref(), route),
+        static_files,
         cors: match &route.cors {
             RouteCors::Inherit => global_cors.cloned(),
             RouteCors::Off => None,

@@ -18,6 +18,7 @@ mod pipeline;
 mod reject;
 mod router;
 mod server;
+mod static_files;
 mod supervisor;
 mod tls;
 mod upstream;
@@ -27,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use asgi_gate_config::{Config, LoadOptions, RouteTarget};
+use asgi_gate_config::{Config, LoadOptions};
 use clap::{Parser, Subcommand};
 
 /// Exit code for a config that cannot be served (sysexits EX_USAGE).
@@ -304,13 +305,6 @@ fn not_built_yet(cfg: &Config) -> Vec<(&'static str, &'static str)> {
         cfg.rate_limits.values().any(|l| l.shared),
         "rate_limits.*.shared",
         "Redis-shared limits",
-    );
-    flag(
-        cfg.routes
-            .iter()
-            .any(|r| matches!(r.target, RouteTarget::Static(_))),
-        "routes[].static",
-        "static files",
     );
     flag(
         cfg.routes.iter().any(|r| r.websocket.is_some()),

@@ -162,18 +162,28 @@ async fn process(
         let host = host.unwrap_or(HeaderValue::from_static("localhost"));
         parts.headers.insert(header::HOST, host);
     }
-    let req = Request::from_parts(parts, RequestBody::new(body, gate.limits.max_body));
 
-    // 6. Forward over a pooled connection and stream the answer back.
-    let upstream = gate
-        .upstreams
-        .get(route.upstream)
-        .ok_or(Reject::BadGateway)?;
-    let (resp, in_flight, socket) = upstream.send(req).await?;
-    log.socket = Some(socket);
-    let mut resp = match on_upgrade {
-        Some(client_side) => websocket::relay(gate, resp, in_flight, client_side)?,
-        None => to_client(resp, in_flight),
+    // 6. A static route's file, or the worker's answer over a pooled
+    //    connection, streamed back.
+    let mut resp = match &route.static_files {
+        Some(files) => {
+            files
+                .serve(&parts.method, parts.uri.path(), &parts.headers)
+                .await?
+        }
+        None => {
+            let req = Request::from_parts(parts, RequestBody::new(body, gate.limits.max_body));
+            let upstream = gate
+                .upstreams
+                .get(route.upstream)
+                .ok_or(Reject::BadGateway)?;
+            let (resp, in_flight, socket) = upstream.send(req).await?;
+            log.socket = Some(socket);
+            match on_upgrade {
+                Some(client_side) => websocket::relay(gate, resp, in_flight, client_side)?,
+                None => to_client(resp, in_flight),
+            }
+        }
     };
 
     // 7. Compression, and the response headers the policies asked for.

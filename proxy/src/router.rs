@@ -26,6 +26,8 @@ pub struct RouteEntry {
     pub auth: Option<Arc<AuthSlot>>,
     /// `None` when this route does not compress.
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// A static route's directory (then `upstream` is unused).
+    pub static_files: Option<Arc<crate::static_files::StaticRoute>>,
     /// `None` when the gate does not do CORS on this route.
     pub cors: Option<Arc<asgi_gate_filters::cors::Policy>>,
     /// This route's duration histogram, resolved once (label lookups hash).
@@ -68,6 +70,8 @@ pub enum RouterError {
         kind: &'static str,
         name: String,
     },
+    #[error("{0}")]
+    Static(#[from] crate::static_files::StaticError),
 }
 
 fn allows(route: &Route, method: &Method) -> bool {
@@ -196,6 +200,7 @@ mod tests {
             limits_after_auth: vec![],
             auth: None,
             compression: None,
+            static_files: None,
             cors: None,
             duration: None,
             requests: Default::default(),

@@ -670,6 +670,22 @@ pub async fn send_h1(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Resp
     H1::connect(addr).await?.send(req).await
 }
 
+/// An empty-bodied request with extra headers, over a fresh connection.
+pub async fn send_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let mut b = req(method, addr, path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send_h1(addr, b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap()
+}
+
 pub async fn get(addr: SocketAddr, path: &str) -> Resp {
     let r = req(Method::GET, addr, path).body(Full::default()).unwrap();
     send_h1(addr, r)
