@@ -17,3 +17,4 @@ pub mod request_id;
 pub mod revocation;
 pub mod security_headers;
 pub mod static_path;
+pub mod websocket;

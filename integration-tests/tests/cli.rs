@@ -129,14 +129,12 @@ async fn serve_with_a_bad_config_exits_64_with_the_same_messages() {
 
 #[tokio::test]
 async fn sections_not_built_yet_are_refused_at_serve_time() {
-    let ws_limits = format!(
-        "{VALID}  - path: /ws/{{*rest}}\n    upstream: app\n    websocket: {{ max_message: 1MiB }}\n"
-    );
-    let out = run_gate_to_exit(&[], &ws_limits, &[]).await;
+    let redis = format!("{VALID}revocation:\n  redis: redis://127.0.0.1:6379/0\n");
+    let out = run_gate_to_exit(&[], &redis, &[]).await;
     assert_eq!(out.code, Some(64), "stderr:\n{}", out.stderr);
     assert!(
-        out.stderr.contains("websocket"),
-        "stderr does not name `websocket`:\n{}",
+        out.stderr.contains("redis"),
+        "stderr does not name `redis`:\n{}",
         out.stderr
     );
 }

@@ -164,3 +164,75 @@ async fn websocket_refused_by_the_worker_is_refused_to_the_client() {
     echo_once(&mut ws, Message::Text("still fine".into())).await;
     assert_eq!(get(g.addr, "/hello").await.status, 200);
 }
+
+/// A route with `websocket:` limits; `/ws/echo` is under it.
+fn limited(w: &Worker, opts: &str) -> String {
+    format!(
+        "listen:\n  - address: 127.0.0.1:0\n\
+         admin:\n  address: 127.0.0.1:0\n\
+         upstreams:\n  app:\n    sockets: [\"{sock}\"]\n\
+         routes:\n\
+         \x20 - path: /ws/{{*rest}}\n    upstream: app\n    websocket: {opts}\n\
+         \x20 - path: /{{*rest}}\n    upstream: app\n",
+        sock = w.sock.display()
+    )
+}
+
+/// The next frame: the close code the gate sent, or a message.
+async fn next_close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("no close in time");
+        match msg {
+            Some(Ok(Message::Close(Some(frame)))) => return Some(u16::from(frame.code)),
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_over_max_message_ends_the_session_with_1009() {
+    let w = Worker::start().await;
+    let g = Gate::start(&limited(&w, "{ max_message: 1KiB }")).await;
+    let mut ws = open_ws(g.addr).await;
+    echo_once(&mut ws, Message::Binary(vec![7; 1024])).await;
+    echo_once(&mut ws, Message::Text("small".into())).await;
+    ws.send(Message::Binary(vec![7; 1025])).await.unwrap();
+    assert_eq!(next_close_code(&mut ws).await, Some(1009));
+}
+
+#[tokio::test]
+async fn too_many_messages_end_the_session_with_1008() {
+    let w = Worker::start().await;
+    let g = Gate::start(&limited(&w, "{ messages_per_second: 5 }")).await;
+    let mut ws = open_ws(g.addr).await;
+    for i in 0..5 {
+        echo_once(&mut ws, Message::Text(format!("m{i}"))).await;
+    }
+    // Sent back to back: past the burst of 5 within the same second.
+    for i in 0..5 {
+        let _ = ws.send(Message::Text(format!("x{i}"))).await;
+    }
+    assert_eq!(next_close_code(&mut ws).await, Some(1008));
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_with_1001_and_traffic_keeps_it_open() {
+    let w = Worker::start().await;
+    let g = Gate::start(&limited(&w, "{ idle_timeout: 1s }")).await;
+    let mut ws = open_ws(g.addr).await;
+    // Traffic every 400 ms for 2 s keeps it alive past the timeout.
+    for i in 0..5 {
+        echo_once(&mut ws, Message::Text(format!("m{i}"))).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let start = std::time::Instant::now();
+    assert_eq!(next_close_code(&mut ws).await, Some(1001));
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "closed after {waited:?} of silence"
+    );
+}

@@ -259,6 +259,11 @@ fn route_entry(
         auth,
         compression: crate::compress::route_policy(cfg.compression.as_ref(), route),
         static_files,
+        websocket: route
+            .websocket
+            .as_ref()
+            .and_then(crate::websocket::Limits::new)
+            .map(Arc::new),
         cors: match &route.cors {
             RouteCors::Inherit => global_cors.cloned(),
             RouteCors::Off => None,

@@ -306,11 +306,6 @@ fn not_built_yet(cfg: &Config) -> Vec<(&'static str, &'static str)> {
         "rate_limits.*.shared",
         "Redis-shared limits",
     );
-    flag(
-        cfg.routes.iter().any(|r| r.websocket.is_some()),
-        "routes[].websocket",
-        "WebSocket message limits",
-    );
     out
 }
 

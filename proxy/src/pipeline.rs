@@ -180,7 +180,9 @@ async fn process(
             let (resp, in_flight, socket) = upstream.send(req).await?;
             log.socket = Some(socket);
             match on_upgrade {
-                Some(client_side) => websocket::relay(gate, resp, in_flight, client_side)?,
+                Some(client_side) => {
+                    websocket::relay(gate, route.websocket.clone(), resp, in_flight, client_side)?
+                }
                 None => to_client(resp, in_flight),
             }
         }

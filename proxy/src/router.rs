@@ -28,6 +28,8 @@ pub struct RouteEntry {
     pub compression: Option<Arc<CompressionPolicy>>,
     /// A static route's directory (then `upstream` is unused).
     pub static_files: Option<Arc<crate::static_files::StaticRoute>>,
+    /// The route's `websocket:` limits, if it sets any.
+    pub websocket: Option<Arc<crate::websocket::Limits>>,
     /// `None` when the gate does not do CORS on this route.
     pub cors: Option<Arc<asgi_gate_filters::cors::Policy>>,
     /// This route's duration histogram, resolved once (label lookups hash).
@@ -201,6 +203,7 @@ mod tests {
             auth: None,
             compression: None,
             static_files: None,
+            websocket: None,
             cors: None,
             duration: None,
             requests: Default::default(),

@@ -1,18 +1,28 @@
 //! WebSocket passthrough: the handshake goes to the worker like any request;
 //! on its 101 both connections are upgraded and bytes are copied both ways
-//! until either side closes. Frames are not parsed.
+//! until either side closes. Frames are not parsed, unless the route sets
+//! `websocket:` limits: then frame headers are read on the way through
+//! (`filters::websocket`) and a session over a limit is ended with a Close
+//! frame to the client (1009 message too big, 1008 too many messages, 1001
+//! idle), the worker's socket simply closed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use asgi_gate_config::WebSocketOpts;
 use asgi_gate_filters::forwarding;
+use asgi_gate_filters::websocket::{
+    close_frame, FrameTracker, MessageRate, MessageRule, Violation,
+};
 use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 
 use crate::body::{GateBody, InFlight};
 use crate::gate::Gate;
@@ -81,6 +91,7 @@ where
 /// background and answer the client 101; anything else goes back as is.
 pub fn relay(
     gate: &Gate,
+    limits: Option<Arc<Limits>>,
     mut resp: Response<Incoming>,
     in_flight: InFlight,
     client_side: OnUpgrade,
@@ -98,11 +109,167 @@ pub fn relay(
         let _in_flight = in_flight;
         let (client, worker) = tokio::join!(client_side, worker_side);
         match (client, worker) {
-            (Ok(client), Ok(worker)) => {
-                copy_both_ways(TokioIo::new(client), TokioIo::new(worker)).await
-            }
+            (Ok(client), Ok(worker)) => match limits {
+                None => copy_both_ways(TokioIo::new(client), TokioIo::new(worker)).await,
+                Some(l) => relay_limited(&l, TokioIo::new(client), TokioIo::new(worker)).await,
+            },
             (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
     Ok(Response::from_parts(parts, GateBody::empty()))
+}
+
+/// A route's `websocket:` limits.
+#[derive(Debug)]
+pub struct Limits {
+    max_message: Option<u64>,
+    per_second: Option<NonZeroU32>,
+    idle_timeout: Option<Duration>,
+}
+
+impl Limits {
+    /// `None` when the options set no limit at all.
+    pub fn new(opts: &WebSocketOpts) -> Option<Limits> {
+        let l = Limits {
+            max_message: opts.max_message,
+            per_second: opts.messages_per_second.and_then(NonZeroU32::new),
+            idle_timeout: opts.idle_timeout,
+        };
+        (l.max_message.is_some() || l.per_second.is_some() || l.idle_timeout.is_some()).then_some(l)
+    }
+}
+
+const RELAY_BUFFER: usize = 16 * 1024;
+
+/// What ends a limited session early, shared by its two directions.
+struct Ending {
+    /// The close code to send (0: none yet).
+    code: AtomicU16,
+    wake: Notify,
+    /// Milliseconds since `start` of the last byte either way.
+    last_activity: AtomicU64,
+    start: Instant,
+}
+
+impl Ending {
+    fn request(&self, v: Violation) {
+        if self
+            .code
+            .compare_exchange(0, v.code(), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::debug!(reason = v.reason(), "websocket session ended by a limit");
+            self.wake.notify_one();
+        }
+    }
+
+    fn violation(&self) -> Option<Violation> {
+        match self.code.load(Ordering::Relaxed) {
+            1009 => Some(Violation::MessageTooBig),
+            1008 => Some(Violation::TooManyMessages),
+            1001 => Some(Violation::Idle),
+            _ => None,
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_activity.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// Like `copy_both_ways`, reading frame headers: client messages are checked
+/// against the limits before they are forwarded, and the worker's frames are
+/// tracked so the gate's Close frame never cuts one.
+async fn relay_limited<C, W>(limits: &Limits, client: C, worker: W)
+where
+    C: AsyncRead + AsyncWrite,
+    W: AsyncRead + AsyncWrite,
+{
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut worker_rx, mut worker_tx) = tokio::io::split(worker);
+    let ending = Ending {
+        code: AtomicU16::new(0),
+        wake: Notify::new(),
+        last_activity: AtomicU64::new(0),
+        start: Instant::now(),
+    };
+    let rate = limits.per_second.map(MessageRate::per_second);
+
+    let upstream = async {
+        let mut rule = MessageRule::new(limits.max_message);
+        let mut frames = FrameTracker::default();
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        loop {
+            let n = client_rx.read(&mut buf).await?;
+            if n == 0 {
+                let _ = worker_tx.shutdown().await;
+                return Ok(());
+            }
+            ending.touch();
+            let checked = frames.scan(&buf[..n], |head| {
+                let starts = rule.on_frame(head)?;
+                match (&rate, starts) {
+                    (Some(r), true) if !r.allow() => Err(Violation::TooManyMessages),
+                    _ => Ok(()),
+                }
+            });
+            match checked {
+                Ok(()) => worker_tx.write_all(&buf[..n]).await?,
+                Err((at, v)) => {
+                    worker_tx.write_all(&buf[..at]).await?;
+                    ending.request(v);
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let downstream = async {
+        let mut frames = FrameTracker::default();
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        loop {
+            tokio::select! {
+                read = worker_rx.read(&mut buf) => {
+                    let n = read?;
+                    if n == 0 {
+                        let _ = client_tx.shutdown().await;
+                        return Ok(());
+                    }
+                    ending.touch();
+                    let _ = frames.scan(&buf[..n], |_| Ok::<(), ()>(()));
+                    client_tx.write_all(&buf[..n]).await?;
+                }
+                () = ending.wake.notified() => {
+                    if let (Some(v), true) = (ending.violation(), frames.at_boundary()) {
+                        client_tx.write_all(&close_frame(v)).await?;
+                    }
+                    let _ = client_tx.shutdown().await;
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+        }
+    };
+    let idle = async {
+        let Some(timeout) = limits.idle_timeout else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            let last = Duration::from_millis(ending.last_activity.load(Ordering::Relaxed));
+            let quiet = ending.start.elapsed().saturating_sub(last);
+            if quiet >= timeout {
+                ending.request(Violation::Idle);
+                return std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(timeout - quiet).await;
+        }
+    };
+    tokio::pin!(upstream, downstream, idle);
+    let first = tokio::select! {
+        r = &mut upstream => { let _ = tokio::time::timeout(LINGER, &mut downstream).await; r }
+        r = &mut downstream => { let _ = tokio::time::timeout(LINGER, &mut upstream).await; r }
+        () = &mut idle => Ok(()),
+    };
+    if let Err(e) = first {
+        tracing::debug!(error = %e, "websocket relay ended");
+    }
 }
