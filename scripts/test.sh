@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The one command that runs every test: Python venv, the debug gate binary the
-# integration tests start, then the whole workspace's tests. Extra arguments go
-# to `cargo test`. Exits with cargo test's status.
+# The one command that runs every test: the Debian packages the tests use, the
+# Python venv, the debug gate binary the integration tests start, then the
+# whole workspace's tests. Extra arguments go to `cargo test`. Exits with
+# cargo test's status.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
+bash scripts/system-packages.sh
 bash scripts/setup-python.sh
 cargo build -p asgi-gate
 

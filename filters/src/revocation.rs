@@ -271,7 +271,11 @@ impl RevocationList {
 
     /// Un-revokes `key`; false if there was no entry.
     pub fn remove(&self, key: &str) -> bool {
-        let key = KeyHash::of(key);
+        self.remove_hash(KeyHash::of(key))
+    }
+
+    /// `remove` by hash (entries replicated from another gate).
+    pub fn remove_hash(&self, key: KeyHash) -> bool {
         let mut index = self.index();
         match self.map.remove(&key) {
             Some((k, exp)) => {

@@ -1489,3 +1489,145 @@ routes:
         "an unknown kid refreshed again within 30 s"
     );
 }
+
+// ---------------------------------------------------------------- Redis
+
+/// A real redis-server on a free loopback port, no persistence; killed on drop.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        let r = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.cli(&["PING"]) != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn revocations_are_shared_through_redis() {
+    let redis = Redis::start();
+    let w = Worker::start().await;
+    let yaml = hs_only_yaml(&w.sock, &format!("revocation:\n  redis: {}\n", redis.url()));
+    let a = Gate::start_env(&yaml, GATE_ENV).await;
+    let b = Gate::start_env(&yaml, GATE_ENV).await;
+    let token = tool(&[hs(&hs_claims("alice", json!({"jti": "shared-1"})))]).remove(0);
+    for g in [&a, &b] {
+        assert_eq!(
+            call(g.addr, "/echo/hs", Some(&token), &[]).await.status,
+            200
+        );
+    }
+
+    // Revoked on A: refused by B within the second, stored with its expiry.
+    let r = revoke(&a, &json!({"jti": "shared-1", "exp": now() + 600})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let bb = &b;
+    let tok = token.as_str();
+    let refused = eventually(Duration::from_secs(2), || async move {
+        call(bb.addr, "/echo/hs", Some(tok), &[]).await.status == 401
+    })
+    .await;
+    assert!(refused, "gate B still accepts a token revoked on gate A");
+    let keys = redis.cli(&["--scan", "--pattern", "asgi-gate:rev:*"]);
+    assert_eq!(keys.lines().count(), 1, "{keys}");
+    assert!(
+        !keys.contains("shared-1"),
+        "the jti is stored hashed: {keys}"
+    );
+    let ttl: i64 = redis.cli(&["TTL", keys.trim()]).parse().unwrap();
+    assert!((590..=600).contains(&ttl), "TTL {ttl}");
+
+    // A gate started afterwards loads it from Redis.
+    let c = Gate::start_env(&yaml, GATE_ENV).await;
+    let cc = &c;
+    let loaded = eventually(Duration::from_secs(3), || async move {
+        call(cc.addr, "/echo/hs", Some(tok), &[]).await.status == 401
+    })
+    .await;
+    assert!(loaded, "a new gate did not load the revocation from Redis");
+
+    // Removed on B: accepted again everywhere.
+    let r = admin(
+        &b,
+        Method::DELETE,
+        "/revocations/shared-1",
+        None,
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    for g in [&a, &c] {
+        let accepted = eventually(Duration::from_secs(2), || async move {
+            call(g.addr, "/echo/hs", Some(tok), &[]).await.status == 200
+        })
+        .await;
+        assert!(accepted, "still refused after the removal");
+    }
+    assert_eq!(redis.cli(&["--scan", "--pattern", "asgi-gate:rev:*"]), "");
+}
+
+#[tokio::test]
+async fn without_redis_the_gate_serves_and_admin_writes_answer_503() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let w = Worker::start().await;
+    let yaml = hs_only_yaml(
+        &w.sock,
+        &format!("revocation:\n  redis: redis://127.0.0.1:{port}/0\n"),
+    );
+    let g = Gate::start_env(&yaml, GATE_ENV).await;
+    let token = tool(&[hs(&hs_claims("bob", json!({"jti": "local-1"})))]).remove(0);
+    assert_eq!(
+        call(g.addr, "/echo/hs", Some(&token), &[]).await.status,
+        200
+    );
+    let r = revoke(&g, &json!({"jti": "local-1", "exp": now() + 600})).await;
+    assert_admin_rejection(&r, 503, "service_unavailable");
+    // Applied locally all the same: this gate refuses the token.
+    assert_eq!(
+        call(g.addr, "/echo/hs", Some(&token), &[]).await.status,
+        401
+    );
+}

@@ -129,12 +129,15 @@ async fn serve_with_a_bad_config_exits_64_with_the_same_messages() {
 
 #[tokio::test]
 async fn sections_not_built_yet_are_refused_at_serve_time() {
-    let redis = format!("{VALID}revocation:\n  redis: redis://127.0.0.1:6379/0\n");
-    let out = run_gate_to_exit(&[], &redis, &[]).await;
+    let shared = format!(
+        "{VALID}revocation:\n  redis: redis://127.0.0.1:6379/0\n\
+         rate_limits:\n  g: {{ key: client_ip, rate: 5/s, shared: true }}\n"
+    );
+    let out = run_gate_to_exit(&[], &shared, &[]).await;
     assert_eq!(out.code, Some(64), "stderr:\n{}", out.stderr);
     assert!(
-        out.stderr.contains("redis"),
-        "stderr does not name `redis`:\n{}",
+        out.stderr.contains("shared"),
+        "stderr does not name `shared`:\n{}",
         out.stderr
     );
 }

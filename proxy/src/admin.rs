@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use asgi_gate_config::Admin;
 use asgi_gate_filters::jwt::{self, AuthError};
-use asgi_gate_filters::revocation::RevokeOutcome;
+use asgi_gate_filters::revocation::{KeyHash, RevokeOutcome};
 use asgi_gate_filters::static_path::percent_decode;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -145,13 +145,20 @@ async fn handle(
                 Method::DELETE => {
                     authorize(conf, &req)?;
                     let rev = gate.revocations.clone();
-                    let removed = tokio::task::spawn_blocking(move || rev.remove(&key))
+                    let k = key.clone();
+                    let removed = tokio::task::spawn_blocking(move || rev.remove(&k))
                         .await
                         .map_err(|_| Reject::ServiceUnavailable)?
                         .map_err(|e| {
                             tracing::error!(error = %e, "revocation log write failed");
                             Reject::ServiceUnavailable
                         })?;
+                    if let (Some(shared), true) = (&gate.revocations.shared, removed) {
+                        shared
+                            .remove(KeyHash::of(&key))
+                            .await
+                            .map_err(shared_failed)?;
+                    }
                     Ok(if removed {
                         let mut r = Response::new(GateBody::empty());
                         *r.status_mut() = StatusCode::NO_CONTENT;
@@ -219,6 +226,13 @@ enum RevokeBody {
 const REVOKE_USAGE: &str =
     r#"body must be JSON {"jti": "...", "exp": <unix seconds>} or {"token": "<jwt>"}"#;
 
+/// Applied here, not yet shared with the other gates: 503, so the caller
+/// retries (revoking again is harmless).
+fn shared_failed(e: crate::shared::SharedError) -> Reject {
+    tracing::warn!(error = %e, "revocation not shared through Redis");
+    Reject::ServiceUnavailable
+}
+
 async fn revoke(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response<GateBody>, Reject> {
     let body = Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
@@ -264,6 +278,12 @@ async fn revoke(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response<Gat
         RevokeOutcome::AlreadyExpired => (StatusCode::OK, true),
     };
     let exp = gate.revocations.list.get(&key, unix_now()).unwrap_or(exp);
+    if let (Some(shared), false) = (&gate.revocations.shared, expired) {
+        shared
+            .revoke(KeyHash::of(&key), exp)
+            .await
+            .map_err(shared_failed)?;
+    }
     Ok(json_value(
         status,
         &serde_json::json!({ "jti": key, "exp": exp, "expired": expired }),

@@ -43,6 +43,8 @@ pub enum AuthSetupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Shared(crate::shared::SharedError),
 }
 
 /// One named policy. Its key set can be swapped by the JWKS refresher.
@@ -237,6 +239,8 @@ pub struct Revocations {
     pub list: RevocationList,
     log: Option<Mutex<RevocationLog>>,
     pub max_leeway: u64,
+    /// `revocation.redis`: shared with the other gates.
+    pub shared: Option<Arc<crate::shared::SharedRevocations>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,10 +270,17 @@ impl Revocations {
                 Some(Mutex::new(log))
             }
         };
+        let shared = match conf.and_then(|c| c.redis.as_deref()) {
+            None => None,
+            Some(url) => Some(Arc::new(
+                crate::shared::SharedRevocations::new(url).map_err(AuthSetupError::Shared)?,
+            )),
+        };
         Ok(Revocations {
             list,
             log,
             max_leeway,
+            shared,
         })
     }
 

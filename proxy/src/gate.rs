@@ -146,6 +146,10 @@ impl Gate {
             None => {
                 let r = Arc::new(Revocations::open(cfg.revocation.as_ref(), max_leeway)?);
                 tokio::spawn(auth::revocation_sweeper(Arc::downgrade(&r)));
+                if let Some(shared) = r.shared.clone() {
+                    let list = Arc::downgrade(&r);
+                    tokio::spawn(async move { shared.follow(list).await });
+                }
                 r
             }
         };

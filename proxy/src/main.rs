@@ -18,6 +18,7 @@ mod pipeline;
 mod reject;
 mod router;
 mod server;
+mod shared;
 mod static_files;
 mod supervisor;
 mod tls;
@@ -296,11 +297,6 @@ fn not_built_yet(cfg: &Config) -> Vec<(&'static str, &'static str)> {
             out.push((section, lands_with));
         }
     };
-    flag(
-        cfg.revocation.as_ref().is_some_and(|r| r.redis.is_some()),
-        "revocation.redis",
-        "Redis-shared revocations",
-    );
     flag(
         cfg.rate_limits.values().any(|l| l.shared),
         "rate_limits.*.shared",
