@@ -175,6 +175,9 @@ pub struct LimitParams {
     pub max_keys: usize,
     /// IPv6 clients are keyed by this prefix length (0..=128).
     pub ipv6_prefix: u8,
+    /// `shared: true`: enforced across replicas (the server checks it in
+    /// Redis with [`RateLimit::shared_key`]; this limiter is the fallback).
+    pub shared: bool,
 }
 
 impl LimitParams {
@@ -189,6 +192,7 @@ impl LimitParams {
             headers: false,
             max_keys: DEFAULT_MAX_KEYS,
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
+            shared: false,
         }
     }
 }
@@ -623,6 +627,63 @@ impl<C: Clock> RateLimit<C> {
         self.params.key.needs_claims()
     }
 
+    /// Time between two requests at the configured rate (GCRA's emission
+    /// interval).
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Largest burst (`burst`, or the count).
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// The key of a request as every replica computes it, for a store they
+    /// share: the same buckets as [`RateLimit::key_for`], but header and
+    /// claim values are SHA-256 hashed (first 16 bytes, hex) instead of
+    /// SipHashed under this process's random key, so two gates agree and
+    /// the value itself is never stored.
+    pub fn shared_key<'c>(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+        claims: impl FnOnce(&str) -> Option<ClaimValue<'c>>,
+    ) -> String {
+        let ip = |ip| match ip_key(ip, self.params.ipv6_prefix) {
+            Key::V4(v) => format!("4:{v:08x}"),
+            Key::V6(hi, lo) => format!("6:{hi:016x}{lo:016x}"),
+            Key::Value(v) => format!("v:{v:016x}"),
+        };
+        let digest = |tag: &str, bytes: &[u8]| {
+            use sha2::{Digest, Sha256};
+            let d = Sha256::new()
+                .chain_update(tag)
+                .chain_update(bytes)
+                .finalize();
+            let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{tag}{hex}")
+        };
+        match &self.params.key {
+            KeyKind::ClientIp => ip(client_ip),
+            KeyKind::Claim(name) => match claims(name) {
+                Some(ClaimValue::Str(s)) => digest("c:s:", s.as_bytes()),
+                Some(ClaimValue::Int(i)) => digest("c:n:", i.to_string().as_bytes()),
+                Some(ClaimValue::UInt(u)) => digest("c:n:", u.to_string().as_bytes()),
+                Some(ClaimValue::Float(f))
+                    if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e38 =>
+                {
+                    digest("c:n:", (f as i128).to_string().as_bytes())
+                }
+                Some(ClaimValue::Float(f)) => digest("c:f:", &f.to_bits().to_be_bytes()),
+                None => ip(client_ip),
+            },
+            KeyKind::Header(name) => match headers.get(name) {
+                Some(value) if !value.is_empty() => digest("h:", value.as_bytes()),
+                _ => ip(client_ip),
+            },
+        }
+    }
+
     /// This limit's key for a request; see [`key_for`].
     pub fn key_for<'c>(
         &self,
@@ -883,6 +944,53 @@ mod tests {
 
     fn ipk(s: &str) -> Key {
         ip_key(ip(s), DEFAULT_IPV6_PREFIX)
+    }
+
+    #[test]
+    fn shared_keys_are_stable_and_hide_values() {
+        let none = HeaderMap::new();
+        let (by_ip, _) = limit("a", per_sec(5));
+        assert_eq!(
+            by_ip.shared_key(ip("10.0.0.1"), &none, |_| None),
+            "4:0a000001"
+        );
+        assert_eq!(
+            by_ip.shared_key(ip("2001:db8::1"), &none, |_| None),
+            by_ip.shared_key(ip("2001:db8::ffff"), &none, |_| None),
+            "one /64, one key"
+        );
+        let h = HeaderName::from_static("x-api-key");
+        let (by_header, _) = limit(
+            "b",
+            LimitParams::new(KeyKind::Header(h.clone()), 5, Duration::from_secs(1)),
+        );
+        let mut with = HeaderMap::new();
+        with.insert(&h, HeaderValue::from_static("secret-key-1"));
+        let k = by_header.shared_key(ip("10.0.0.1"), &with, |_| None);
+        assert!(
+            k.starts_with("h:") && k.len() == 34 && !k.contains("secret"),
+            "{k}"
+        );
+        // The same in another limiter (another process would agree too:
+        // nothing random goes in).
+        let (again, _) = limit(
+            "c",
+            LimitParams::new(KeyKind::Header(h), 5, Duration::from_secs(1)),
+        );
+        assert_eq!(again.shared_key(ip("10.9.9.9"), &with, |_| None), k);
+        assert_eq!(
+            by_header.shared_key(ip("10.0.0.1"), &none, |_| None),
+            "4:0a000001"
+        );
+        let (by_claim, _) = limit(
+            "d",
+            LimitParams::new(KeyKind::Claim("sub".into()), 5, Duration::from_secs(1)),
+        );
+        let n42 = by_claim.shared_key(ip("10.0.0.1"), &none, |_| Some(ClaimValue::Int(42)));
+        let f42 = by_claim.shared_key(ip("10.0.0.1"), &none, |_| Some(ClaimValue::Float(42.0)));
+        let s42 = by_claim.shared_key(ip("10.0.0.1"), &none, |_| Some(ClaimValue::Str("42")));
+        assert_eq!(n42, f42);
+        assert_ne!(n42, s42);
     }
 
     #[test]

@@ -126,18 +126,3 @@ async fn serve_with_a_bad_config_exits_64_with_the_same_messages() {
     );
     assert!(!missing.stderr.contains("panicked"), "{}", missing.stderr);
 }
-
-#[tokio::test]
-async fn sections_not_built_yet_are_refused_at_serve_time() {
-    let shared = format!(
-        "{VALID}revocation:\n  redis: redis://127.0.0.1:6379/0\n\
-         rate_limits:\n  g: {{ key: client_ip, rate: 5/s, shared: true }}\n"
-    );
-    let out = run_gate_to_exit(&[], &shared, &[]).await;
-    assert_eq!(out.code, Some(64), "stderr:\n{}", out.stderr);
-    assert!(
-        out.stderr.contains("shared"),
-        "stderr does not name `shared`:\n{}",
-        out.stderr
-    );
-}

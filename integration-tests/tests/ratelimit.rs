@@ -5,10 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use bytes::Bytes;
 use common::*;
 use http::Method;
-use http_body_util::Full;
 
 fn limited_config(sock: &Path) -> String {
     format!(
@@ -27,13 +25,7 @@ fn limited_config(sock: &Path) -> String {
 }
 
 async fn get_with(g: &Gate, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut b = req(Method::GET, g.addr, path);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    send_h1(g.addr, b.body(Full::<Bytes>::default()).unwrap())
-        .await
-        .unwrap()
+    send_with(g.addr, Method::GET, path, headers).await
 }
 
 #[tokio::test]
@@ -113,4 +105,76 @@ async fn header_keyed_limits_are_per_key_and_fall_back_to_ip() {
             .status,
         200
     );
+}
+
+/// `shared: true`: two gates count into one bucket in a real Redis.
+fn shared_config(sock: &Path, redis_url: &str) -> String {
+    format!(
+        "listen:\n  - address: 127.0.0.1:0\n\
+         admin:\n  address: 127.0.0.1:0\n\
+         upstreams:\n  app:\n    sockets: [\"{sock}\"]\n\
+         revocation:\n  redis: {redis_url}\n\
+         rate_limits:\n\
+         \x20 global: {{ key: client_ip, rate: 6/m, burst: 6, shared: true, headers: true }}\n\
+         routes:\n\
+         \x20 - path: /hello\n    upstream: app\n    rate_limit: global\n\
+         \x20 - path: /{{*rest}}\n    upstream: app\n",
+        sock = sock.display()
+    )
+}
+
+#[tokio::test]
+async fn shared_limits_count_across_gates_in_redis() {
+    let redis = Redis::start();
+    let w = Worker::start().await;
+    let yaml = shared_config(&w.sock, &redis.url());
+    let a = Gate::start(&yaml).await;
+    let b = Gate::start(&yaml).await;
+    let before = w.hits().await;
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let g = if i % 2 == 0 { &a } else { &b };
+        let r = get_with(g, "/hello", &[]).await;
+        if r.status == 200 {
+            let rl = r.header("ratelimit").unwrap_or_default().to_string();
+            assert!(rl.contains(&format!("r={}", 5 - i)), "request {i}: {rl}");
+        } else {
+            r.assert_rejection(429, "rate_limited");
+            assert!(r.header("retry-after").is_some());
+        }
+        statuses.push(r.status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 200, 429, 429, 429, 429],
+        "one bucket of 6 for both gates"
+    );
+    assert_eq!(
+        w.hits().await - before,
+        6,
+        "the worker saw exactly the allowed"
+    );
+    let keys = redis.cli(&["--scan", "--pattern", "asgi-gate:rl:global:*"]);
+    assert_eq!(keys.trim(), "asgi-gate:rl:global:4:7f000001", "{keys}");
+    let ttl: i64 = redis.cli(&["PTTL", keys.trim()]).parse().unwrap();
+    assert!(
+        ttl > 0 && ttl <= 61_000,
+        "the bucket expires once full again: {ttl} ms"
+    );
+}
+
+#[tokio::test]
+async fn shared_limits_fall_back_to_each_gate_without_redis() {
+    let port = unused_port();
+    let w = Worker::start().await;
+    let g = Gate::start(&shared_config(
+        &w.sock,
+        &format!("redis://127.0.0.1:{port}/0"),
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(get_with(&g, "/hello", &[]).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429]);
 }

@@ -39,6 +39,8 @@ pub struct Gate {
     /// `https_redirect: true`: the port plain-HTTP requests are sent to.
     pub https_redirect: Option<u16>,
     pub security_headers: Option<security_headers::Policy>,
+    /// For `shared: true` limits (`revocation.redis` is then set).
+    pub shared_limits: Option<Arc<crate::shared::SharedLimits>>,
     /// WebSocket sessions currently relayed.
     pub websockets_open: Arc<AtomicUsize>,
 }
@@ -56,6 +58,8 @@ pub enum GateError {
     Auth(#[from] AuthSetupError),
     #[error("security_headers.{0}: not a valid header value")]
     HeaderValue(&'static str),
+    #[error("{0}")]
+    Shared(crate::shared::SharedError),
 }
 
 fn cors_policy(c: &Cors) -> cors::Policy {
@@ -98,6 +102,7 @@ fn rate_limit(name: &str, conf: &asgi_gate_config::RateLimit) -> Result<RateLimi
     params.headers = conf.headers;
     params.max_keys = conf.max_keys;
     params.ipv6_prefix = conf.ipv6_prefix;
+    params.shared = conf.shared;
     RateLimit::new(name, params).map_err(|source| GateError::RateLimit {
         name: name.to_string(),
         source,
@@ -193,6 +198,12 @@ impl Gate {
                 })
                 .flatten(),
             security_headers: security_policy(cfg)?,
+            shared_limits: match cfg.revocation.as_ref().and_then(|r| r.redis.as_deref()) {
+                Some(url) if cfg.rate_limits.values().any(|l| l.shared) => Some(Arc::new(
+                    crate::shared::SharedLimits::new(url).map_err(GateError::Shared)?,
+                )),
+                _ => None,
+            },
             // Sessions outlive reloads; so does their count.
             websockets_open: previous
                 .map(|p| p.websockets_open.clone())

@@ -130,9 +130,6 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if refuse_unbuilt(&cfg, &path.display().to_string()) {
-        return ExitCode::from(EXIT_BAD_CONFIG);
-    }
     let Some(runtime) = build_runtime(cfg.threads) else {
         return ExitCode::FAILURE;
     };
@@ -158,22 +155,16 @@ fn run(path: Option<&Path>, args: RunArgs) -> ExitCode {
         eprintln!("asgi-gate: {e}");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
-    let (cfg, origin) = match path {
+    let cfg = match path {
         Some(path) => match asgi_gate_config::load(path, LoadOptions { supervised: true }) {
-            Ok(cfg) => (cfg, path.display().to_string()),
+            Ok(cfg) => cfg,
             Err(errors) => {
                 eprintln!("{errors}");
                 return ExitCode::from(EXIT_BAD_CONFIG);
             }
         },
-        None => (
-            Config::supervised_default(),
-            "the built-in config".to_string(),
-        ),
+        None => Config::supervised_default(),
     };
-    if refuse_unbuilt(&cfg, &origin) {
-        return ExitCode::from(EXIT_BAD_CONFIG);
-    }
     let workers = args.workers.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -257,17 +248,6 @@ async fn supervised(
     }
 }
 
-/// Prints every section this build cannot serve; true if there was any.
-fn refuse_unbuilt(cfg: &Config, origin: &str) -> bool {
-    let missing = not_built_yet(cfg);
-    for (section, lands_with) in &missing {
-        eprintln!(
-            "{origin}: `{section}` is not supported by this build yet (it lands with {lands_with}); remove it to serve"
-        );
-    }
-    !missing.is_empty()
-}
-
 fn build_runtime(threads: usize) -> Option<tokio::runtime::Runtime> {
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -286,23 +266,6 @@ fn build_runtime(threads: usize) -> Option<tokio::runtime::Runtime> {
             None
         }
     }
-}
-
-/// Config sections whose feature is not in this build: refusing them beats
-/// serving without a policy the user asked for.
-fn not_built_yet(cfg: &Config) -> Vec<(&'static str, &'static str)> {
-    let mut out = Vec::new();
-    let mut flag = |used: bool, section, lands_with| {
-        if used {
-            out.push((section, lands_with));
-        }
-    };
-    flag(
-        cfg.rate_limits.values().any(|l| l.shared),
-        "rate_limits.*.shared",
-        "Redis-shared limits",
-    );
-    out
 }
 
 fn init_logging() {

@@ -124,12 +124,14 @@ async fn process(
     // 3. Rate limits keyed by client IP or header, before any token work.
     let mut limit_headers = HeaderMap::new();
     rate_limit(
+        gate,
         &route.limits_before_auth,
         client_ip,
         req.headers(),
         None,
         &mut limit_headers,
-    )?;
+    )
+    .await?;
 
     // 4. Identity: claim headers are the gate's alone, on every route; then
     //    the JWT, revocation, scopes and the limits keyed by claims.
@@ -144,7 +146,8 @@ async fn process(
             &mut req,
             is_websocket,
             &mut limit_headers,
-        )?;
+        )
+        .await?;
     }
 
     // 5. What the worker receives.
@@ -213,7 +216,7 @@ fn answer_preflight(
 }
 
 /// Verifies the bearer token and turns its claims into what the worker sees.
-fn authenticate(
+async fn authenticate(
     gate: &Gate,
     slot: &AuthSlot,
     route: &RouteEntry,
@@ -239,12 +242,14 @@ fn authenticate(
     jwt::check_scopes(&claims, &route.conf.scopes)?;
     let forwarded = jwt::forward_headers(&claims, policy.forward_claims())?;
     rate_limit(
+        gate,
         &route.limits_after_auth,
         client_ip,
         req.headers(),
         Some(&claims),
         limit_headers,
-    )?;
+    )
+    .await?;
     if token.location == TokenLocation::Query {
         *req.uri_mut() = without_access_token(req.uri())?;
     }
@@ -287,7 +292,8 @@ fn claim_value<'c>(claims: &'c Claims, name: &str) -> Option<ClaimValue<'c>> {
 }
 
 /// All the limits must allow; the first that refuses answers 429.
-fn rate_limit(
+async fn rate_limit(
+    gate: &Gate,
     limits: &[Arc<RateLimit>],
     client_ip: IpAddr,
     headers: &HeaderMap,
@@ -297,14 +303,42 @@ fn rate_limit(
     if limits.is_empty() {
         return Ok(());
     }
-    let checks = limits.iter().map(|l| {
-        let key = l.key_for(client_ip, headers, |name| {
-            claims.and_then(|c| claim_value(c, name))
-        });
-        (&**l, key)
-    });
-    ratelimit::check_all(checks, allowed_headers)
-        .map_err(|refused| Reject::RateLimited(Box::new(refused.headers())))
+    let claim = |name: &str| claims.and_then(|c| claim_value(c, name));
+    let shared = gate
+        .shared_limits
+        .as_ref()
+        .filter(|_| limits.iter().any(|l| l.params().shared));
+    let Some(shared) = shared else {
+        let checks = limits
+            .iter()
+            .map(|l| (&**l, l.key_for(client_ip, headers, claim)));
+        return ratelimit::check_all(checks, allowed_headers)
+            .map_err(|refused| Reject::RateLimited(Box::new(refused.headers())));
+    };
+    // Some limit is shared: the same order and rules as `check_all`, with
+    // the shared ones counted in Redis.
+    for l in limits {
+        let local = || l.check(&l.key_for(client_ip, headers, claim));
+        let answer = match l.params().shared {
+            true => {
+                let key = l.shared_key(client_ip, headers, claim);
+                shared.check(l, &key, local).await
+            }
+            false => local(),
+        };
+        match answer {
+            Ok(allowed) if l.headers() => l.append_allowed_headers(&allowed, allowed_headers),
+            Ok(_) => {}
+            Err(limited) => {
+                let refused = ratelimit::Refused {
+                    limit: &**l,
+                    limited,
+                };
+                return Err(Reject::RateLimited(Box::new(refused.headers())));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The worker's response as the client gets it: hop-by-hop headers removed,

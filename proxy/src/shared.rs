@@ -1,4 +1,7 @@
-//! Revocations shared by replicas through Redis (`revocation.redis`).
+//! What replicas share through Redis (`revocation.redis`): the revocation
+//! list and the `shared: true` rate limits.
+//!
+//! # Revocations
 //!
 //! Each revocation is a Redis key `asgi-gate:rev:<hash>` holding its expiry,
 //! set with `EXAT` so Redis forgets it when the token could no longer be
@@ -13,6 +16,9 @@
 use std::sync::Weak;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use asgi_gate_filters::ratelimit::{Allowed, Limited, RateLimit};
 use asgi_gate_filters::revocation::{KeyHash, RevocationList};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -161,6 +167,112 @@ impl SharedRevocations {
             }
         }
         Ok(loaded)
+    }
+}
+
+/// `shared: true` limits: GCRA in Redis, one atomic script per check, so
+/// every replica counts into the same bucket. The state is one key per
+/// bucket, `asgi-gate:rl:<limit>:<key>`, holding the theoretical arrival
+/// time in microseconds of Redis's clock and expiring once the bucket is
+/// full again. When Redis does not answer within [`CHECK_TIMEOUT`] the
+/// gate's local limiter decides instead (each replica then limits on its
+/// own), with one warning until Redis answers again.
+pub struct SharedLimits {
+    conn: ConnectionManager,
+    script: redis::Script,
+    degraded: AtomicBool,
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// KEYS[1] bucket; ARGV[1] emission interval µs; ARGV[2] burst. Returns
+/// {1, remaining, reset µs} or {0, wait µs}.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat + interval - interval * burst
+if now < allow_at then
+  return {0, allow_at - now}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, math.floor((now - new_tat + interval * burst) / interval), new_tat - now}
+";
+
+impl SharedLimits {
+    pub fn new(url: &str) -> Result<SharedLimits, SharedError> {
+        let client = redis::Client::open(url).map_err(SharedError::Url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(CHECK_TIMEOUT));
+        Ok(SharedLimits {
+            conn: client
+                .get_connection_manager_lazy(config)
+                .map_err(SharedError::Url)?,
+            script: redis::Script::new(GCRA),
+            degraded: AtomicBool::new(false),
+        })
+    }
+
+    /// One request under `key` (from [`RateLimit::shared_key`]) in the
+    /// shared bucket, or in `limit`'s own when Redis cannot answer in time.
+    pub async fn check(
+        &self,
+        limit: &RateLimit,
+        key: &str,
+        local: impl FnOnce() -> Result<Allowed, Limited>,
+    ) -> Result<Allowed, Limited> {
+        match tokio::time::timeout(CHECK_TIMEOUT, self.check_redis(limit, key)).await {
+            Ok(Ok(answer)) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("shared rate limits: Redis answers again");
+                }
+                answer
+            }
+            failed => {
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {CHECK_TIMEOUT:?}"),
+                    };
+                    tracing::warn!(error = %why, "shared rate limits: Redis unavailable; each gate limits on its own until it answers");
+                }
+                local()
+            }
+        }
+    }
+
+    async fn check_redis(
+        &self,
+        limit: &RateLimit,
+        key: &str,
+    ) -> Result<Result<Allowed, Limited>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let interval = limit.interval().as_micros().max(1) as u64;
+        let reply: Vec<u64> = self
+            .script
+            .key(format!("asgi-gate:rl:{}:{key}", limit.name()))
+            .arg(interval)
+            .arg(limit.burst())
+            .invoke_async(&mut conn)
+            .await?;
+        match reply.as_slice() {
+            [1, remaining, reset] => Ok(Ok(Allowed {
+                remaining: u32::try_from(*remaining).unwrap_or(u32::MAX),
+                reset: Duration::from_micros(*reset),
+            })),
+            [0, wait, ..] => Ok(Err(Limited {
+                wait: Duration::from_micros(*wait),
+            })),
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected GCRA script reply",
+            ))),
+        }
     }
 }
 
