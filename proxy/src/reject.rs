@@ -2,6 +2,10 @@
 //! JSON body `{"error", "detail"}` and the standard headers. Nothing else in
 //! the gate builds an error response.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
@@ -101,15 +105,59 @@ impl Reject {
     }
 }
 
-pub fn response(rej: &Reject) -> Response<GateBody> {
-    // Built by hand: this runs for every refused request, floods included.
+/// The body and the `WWW-Authenticate` challenge of a rejection, built once
+/// per (code, detail) pair and per thread: both are fixed texts (only an
+/// `insufficient_scope` challenge names the route's scopes, so it is built
+/// each time). Cloning them is a reference count, not a copy.
+#[derive(Clone)]
+struct Prepared {
+    body: Bytes,
+    challenge: Option<HeaderValue>,
+}
+
+/// Fixed texts only, so the map stays small; the bound is a safety net.
+const PREPARED_MAX: usize = 256;
+
+fn prepared(rej: &Reject) -> Prepared {
+    thread_local! {
+        static PREPARED: RefCell<HashMap<(usize, usize), Prepared>> = RefCell::new(HashMap::new());
+    }
     let (code, detail) = (rej.code(), rej.detail());
+    let cacheable = !matches!(rej, Reject::Auth(AuthError::InsufficientScope { .. }));
+    let key = (code.as_ptr() as usize, detail.as_ptr() as usize);
+    if cacheable {
+        if let Some(p) = PREPARED.with_borrow(|m| m.get(&key).cloned()) {
+            return p;
+        }
+    }
     let mut body = String::with_capacity(26 + code.len() + detail.len());
     body.push_str("{\"error\":");
     crate::json::push_json_str(&mut body, code);
     body.push_str(",\"detail\":");
     crate::json::push_json_str(&mut body, detail);
     body.push('}');
+    let p = Prepared {
+        body: Bytes::from(body),
+        challenge: match rej {
+            // A malformed request (400) gets no challenge: RFC 6750 §3.1.
+            Reject::Auth(e) if e.status() != 400 => Some(jwt::www_authenticate(e)),
+            _ => None,
+        },
+    };
+    if cacheable {
+        PREPARED.with_borrow_mut(|m| {
+            if m.len() < PREPARED_MAX {
+                m.insert(key, p.clone());
+            }
+        });
+    }
+    p
+}
+
+pub fn response(rej: &Reject) -> Response<GateBody> {
+    // Runs for every refused request, floods included: the texts are
+    // prepared once (see `prepared`).
+    let Prepared { body, challenge } = prepared(rej);
     let mut resp = Response::new(GateBody::full(body));
     *resp.status_mut() = rej.status();
     let h = resp.headers_mut();
@@ -118,13 +166,12 @@ pub fn response(rej: &Reject) -> Response<GateBody> {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(c) = challenge {
+        h.insert(header::WWW_AUTHENTICATE, c);
+    }
     match rej {
         Reject::MethodNotAllowed(allow) => {
             h.insert(header::ALLOW, allow.clone());
-        }
-        // A malformed request (400) gets no challenge: RFC 6750 §3.1.
-        Reject::Auth(e) if e.status() != 400 => {
-            h.insert(header::WWW_AUTHENTICATE, jwt::www_authenticate(e));
         }
         Reject::RateLimited(headers) => {
             for (name, value) in headers.iter() {
@@ -153,6 +200,45 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"], "method_not_allowed");
         assert!(v["detail"].as_str().unwrap().contains("method"));
+    }
+
+    #[tokio::test]
+    async fn prepared_texts_are_the_same_the_second_time() {
+        let scope = Reject::Auth(AuthError::InsufficientScope {
+            required: "api admin".into(),
+        });
+        for rej in [
+            Reject::Auth(AuthError::BadSignature),
+            Reject::Auth(AuthError::Malformed("header is not a JOSE header")),
+            Reject::Auth(AuthError::Missing),
+            Reject::BadRequest("x"),
+            scope.clone(),
+        ] {
+            let first = response(&rej);
+            let second = response(&rej);
+            assert_eq!(first.headers(), second.headers(), "{}", rej.code());
+            let a = first.into_body().collect().await.unwrap().to_bytes();
+            let b = second.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(a, b);
+            let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+            assert_eq!(v["error"], rej.code());
+        }
+        let bad = response(&Reject::Auth(AuthError::BadSignature));
+        assert_eq!(
+            bad.headers()["www-authenticate"],
+            "Bearer realm=\"asgi-gate\", error=\"invalid_token\", error_description=\"bad signature\""
+        );
+        let other = response(&Reject::Auth(AuthError::InsufficientScope {
+            required: "other".into(),
+        }));
+        assert!(other.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("scope=\"other\""));
+        assert!(response(&Reject::BadRequest("x"))
+            .headers()
+            .get("www-authenticate")
+            .is_none());
     }
 
     #[test]
