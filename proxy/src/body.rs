@@ -120,6 +120,13 @@ impl InFlight {
         self.lease = Some(lease);
     }
 
+    /// Drops the connection's handle without returning it: after an upgrade
+    /// the socket belongs to the WebSocket relay, and the handle's request
+    /// channel (a few KiB) would otherwise live as long as the session.
+    pub fn release_connection(&mut self) {
+        self.lease = None;
+    }
+
     /// The response body has ended: the connection can serve another request.
     fn finish(mut self) {
         if let Some(lease) = self.lease.take() {

@@ -106,8 +106,9 @@ pub fn relay(
     let session = OpenSession(gate.websockets_open.clone());
     tokio::spawn(async move {
         let _session = session;
-        let _in_flight = in_flight;
+        let mut in_flight = in_flight;
         let (client, worker) = tokio::join!(client_side, worker_side);
+        in_flight.release_connection();
         match (client, worker) {
             (Ok(client), Ok(worker)) => match limits {
                 None => copy_both_ways(TokioIo::new(client), TokioIo::new(worker)).await,
