@@ -9,11 +9,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,148 +38,43 @@ const ADMIN_TOKEN: &str = "ops-admin-token-7f3a9c";
 
 // ---------------------------------------------------------------- the gate
 
-/// A gate process with stdout and stderr captured separately; killed by PID
-/// on drop.
+/// The common test gate, started with the admin token in its environment,
+/// plus the operations this file needs (reload, metrics).
 struct OpsGate {
-    child: Child,
-    config_path: PathBuf,
-    /// The first plain listener.
-    addr: SocketAddr,
+    g: Gate,
     /// The first TLS listener, if any.
     tls_addr: Option<SocketAddr>,
-    admin: SocketAddr,
-    out: Arc<Mutex<String>>,
-    err: Arc<Mutex<String>>,
 }
 
-fn capture(reader: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(reader);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => into
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf)),
-            }
-        }
-    });
-}
-
-fn addr_in(line: &str, marker: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    rest.split_whitespace().next()?.parse().ok()
+impl std::ops::Deref for OpsGate {
+    type Target = Gate;
+    fn deref(&self) -> &Gate {
+        &self.g
+    }
 }
 
 impl OpsGate {
-    /// Writes `yaml` to `dir/gate.yaml` and starts `asgi-gate <args> -c` it
-    /// with `TOKEN_ENV` set; returns once the admin listener is announced
-    /// (it is announced after every data listener).
-    async fn start(dir: &Path, yaml: &str, args: &[&str]) -> OpsGate {
-        Self::start_env(dir, yaml, args, &[]).await
+    /// Starts `asgi-gate <args> -c gate.yaml` with `TOKEN_ENV` set.
+    async fn start(yaml: &str, args: &[&str]) -> OpsGate {
+        Self::start_env(yaml, args, &[]).await
     }
 
-    async fn start_env(dir: &Path, yaml: &str, args: &[&str], env: &[(&str, &str)]) -> OpsGate {
-        let config_path = dir.join("gate.yaml");
-        write_config(&config_path, yaml);
-        let bin = gate_bin();
-        assert!(
-            bin.exists(),
-            "{} missing: cargo build -p asgi-gate",
-            bin.display()
-        );
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .arg("-c")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .env(TOKEN_ENV, ADMIN_TOKEN);
-        for (k, v) in env {
-            cmd.env(k, v);
+    async fn start_env(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> OpsGate {
+        let mut all = vec![(TOKEN_ENV, ADMIN_TOKEN)];
+        all.extend_from_slice(env);
+        let g = Gate::start_with(yaml, args, &all).await;
+        OpsGate {
+            tls_addr: g.tls.first().copied(),
+            g,
         }
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("spawn asgi-gate");
-        let out = Arc::new(Mutex::new(String::new()));
-        let err = Arc::new(Mutex::new(String::new()));
-        capture(child.stdout.take().unwrap(), out.clone());
-        capture(child.stderr.take().unwrap(), err.clone());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            {
-                let e = err.lock().unwrap();
-                let admin = e
-                    .lines()
-                    .find_map(|l| addr_in(l, "asgi-gate: admin listening on"));
-                if let Some(admin) = admin {
-                    let mut addr = None;
-                    let mut tls_addr = None;
-                    for l in e.lines() {
-                        if let Some(a) = addr_in(l, "asgi-gate: listening on") {
-                            if l.trim_end().ends_with("(tls)") {
-                                tls_addr = tls_addr.or(Some(a));
-                            } else {
-                                addr = addr.or(Some(a));
-                            }
-                        }
-                    }
-                    drop(e);
-                    return OpsGate {
-                        child,
-                        config_path,
-                        addr: addr.unwrap_or(admin),
-                        tls_addr,
-                        admin,
-                        out,
-                        err,
-                    };
-                }
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                panic!(
-                    "asgi-gate exited before listening ({st}); config:\n{yaml}\nstderr:\n{}",
-                    err.lock().unwrap()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "asgi-gate not listening after 15s; stderr:\n{}",
-                    err.lock().unwrap()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn stdout(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    fn stderr(&self) -> String {
-        self.err.lock().unwrap().clone()
     }
 
     fn sighup(&self) {
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) };
-        assert_eq!(rc, 0, "kill(SIGHUP)");
+        self.g.send_signal(libc::SIGHUP);
     }
 
     fn assert_alive(&mut self) {
-        if let Ok(Some(st)) = self.child.try_wait() {
+        if let Some(st) = self.g.exited() {
             panic!("the gate died ({st}); stderr:\n{}", self.stderr());
         }
     }
@@ -231,15 +124,6 @@ impl OpsGate {
         send_h1(self.admin, b.body(Full::default()).unwrap())
             .await
             .expect("POST /reload")
-    }
-}
-
-impl Drop for OpsGate {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill(); // SIGKILL to this PID
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -396,12 +280,11 @@ fn must(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test]
 async fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
     let w = Worker::start().await;
-    let dir = tempdir();
     let a = format!(
         "{}routes:\n  - path: /{{*rest}}\n    upstream: app\n",
         head(&w.sock)
     );
-    let mut g = OpsGate::start(dir.path(), &a, &[]).await;
+    let mut g = OpsGate::start(&a, &[]).await;
 
     // Config A: /blocked goes to the app, which has no such endpoint.
     let r = get(g.addr, "/blocked").await;
@@ -466,13 +349,12 @@ async fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
 #[tokio::test]
 async fn post_reload_needs_the_token_reports_restart_notes_and_refuses_bad_configs() {
     let w = Worker::start().await;
-    let dir = tempdir();
     let routes = "routes:\n  - path: /blocked\n    methods: [POST]\n    upstream: app\n  - path: /{*rest}\n    upstream: app\n";
     let base = format!(
         "{}routes:\n  - path: /{{*rest}}\n    upstream: app\n",
         head(&w.sock)
     );
-    let g = OpsGate::start(dir.path(), &base, &[]).await;
+    let g = OpsGate::start(&base, &[]).await;
 
     // No token, a wrong token: 401, and nothing is reloaded.
     g.rewrite(&format!("{}{routes}", head(&w.sock)));
@@ -599,7 +481,6 @@ async fn post_reload_needs_the_token_reports_restart_notes_and_refuses_bad_confi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_fail_no_request() {
     let w = Worker::start().await;
-    let dir = tempdir();
     let x = format!(
         "{}rate_limits:\n  lim_a: {{ key: client_ip, rate: 1000/s }}\n\
          routes:\n  - path: /extra\n    upstream: app\n    rate_limit: lim_a\n  - path: /{{*rest}}\n    upstream: app\n",
@@ -611,7 +492,7 @@ async fn reloads_under_load_fail_no_request() {
          routes:\n  - path: /{{*rest}}\n    upstream: app\n",
         head(&w.sock)
     );
-    let g = OpsGate::start(dir.path(), &x, &[]).await;
+    let g = OpsGate::start(&x, &[]).await;
     assert_eq!(get(g.addr, "/hello").await.status, 200);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -736,7 +617,6 @@ async fn reloads_under_load_fail_no_request() {
 #[tokio::test]
 async fn rate_limit_buckets_survive_a_reload_unless_the_limit_changes() {
     let w = Worker::start().await;
-    let dir = tempdir();
     let cfg = |rate: &str, extra_route: bool| {
         format!(
             "{}rate_limits:\n  per_ip: {{ key: client_ip, rate: {rate} }}\n\
@@ -749,7 +629,7 @@ async fn rate_limit_buckets_survive_a_reload_unless_the_limit_changes() {
             }
         )
     };
-    let g = OpsGate::start(dir.path(), &cfg("3/m", false), &[]).await;
+    let g = OpsGate::start(&cfg("3/m", false), &[]).await;
     for i in 0..3 {
         assert_eq!(get(g.addr, "/hello").await.status, 200, "request {i}");
     }
@@ -946,7 +826,7 @@ async fn tls_negotiates_h2_by_alpn_falls_back_to_h1_and_reloads_its_certificate(
         key.display(),
         w.sock.display()
     );
-    let mut g = OpsGate::start(dir.path(), &yaml, &[]).await;
+    let mut g = OpsGate::start(&yaml, &[]).await;
     let tls = g.tls_addr.expect("a `listening on ... (tls)` line");
     assert_ne!(tls, g.addr);
 
@@ -1015,7 +895,6 @@ async fn tls_negotiates_h2_by_alpn_falls_back_to_h1_and_reloads_its_certificate(
 #[tokio::test]
 async fn metrics_count_exactly_the_requests_made() {
     let w = Worker::start().await;
-    let dir = tempdir();
     let yaml = format!(
         "{}rate_limits:\n  one: {{ key: client_ip, rate: 1/m }}\n\
          routes:\n  - path: /hello\n    upstream: app\n\
@@ -1023,7 +902,7 @@ async fn metrics_count_exactly_the_requests_made() {
          \x20 - path: /ws/{{*rest}}\n    upstream: app\n",
         head(&w.sock)
     );
-    let g = OpsGate::start(dir.path(), &yaml, &["--no-access-log"]).await;
+    let g = OpsGate::start(&yaml, &["--no-access-log"]).await;
 
     let mut upstream_bytes = 0;
     let mut client_bytes = 0;
@@ -1219,12 +1098,11 @@ async fn metrics_count_exactly_the_requests_made() {
 #[tokio::test]
 async fn websocket_gauge_survives_a_reload() {
     let w = Worker::start().await;
-    let dir = tempdir();
     let yaml = format!(
         "{}routes:\n  - path: /{{*rest}}\n    upstream: app\n",
         head(&w.sock)
     );
-    let g = OpsGate::start(dir.path(), &yaml, &["--no-access-log"]).await;
+    let g = OpsGate::start(&yaml, &["--no-access-log"]).await;
     let tcp = TcpStream::connect(g.addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws/echo", g.addr), tcp)
         .await
@@ -1287,16 +1165,9 @@ async fn log_line(g: &OpsGate, needle: &str) -> String {
 #[tokio::test]
 async fn access_log_json_lines_have_the_fields_and_no_secrets() {
     let w = Worker::start().await;
-    let dir = tempdir();
     // Default format (stdout is a pipe: JSON), operational logs at debug so
     // that the secrets grep covers them too.
-    let g = OpsGate::start_env(
-        dir.path(),
-        &log_config(&w.sock),
-        &[],
-        &[("RUST_LOG", "debug")],
-    )
-    .await;
+    let g = OpsGate::start_env(&log_config(&w.sock), &[], &[("RUST_LOG", "debug")]).await;
     let bearer = format!("Bearer {SECRET_BEARER}");
     let cookie = format!("session={SECRET_COOKIE}; theme=dark");
     let r = get_h(
@@ -1380,9 +1251,8 @@ async fn access_log_json_lines_have_the_fields_and_no_secrets() {
 #[tokio::test]
 async fn access_log_text_format_and_off_switch() {
     let w = Worker::start().await;
-    let (d1, d2) = (tempdir(), tempdir());
-    let text = OpsGate::start(d1.path(), &log_config(&w.sock), &["--log-format", "text"]).await;
-    let off = OpsGate::start(d2.path(), &log_config(&w.sock), &["--no-access-log"]).await;
+    let text = OpsGate::start(&log_config(&w.sock), &["--log-format", "text"]).await;
+    let off = OpsGate::start(&log_config(&w.sock), &["--no-access-log"]).await;
 
     let r = get_h(
         text.addr,

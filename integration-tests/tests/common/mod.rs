@@ -241,8 +241,13 @@ pub fn count_open_fds(pid: u32) -> usize {
 
 #[derive(Default)]
 struct Captured {
+    /// stdout and stderr interleaved, as read.
     log: String,
+    stdout: String,
+    stderr: String,
+    /// Plain listeners, then TLS ones, in the order announced.
     listen: Vec<SocketAddr>,
+    tls: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
 }
 
@@ -252,9 +257,11 @@ pub struct Gate {
     child: Child,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
-    /// The first listener.
+    /// The first plain listener (the first TLS one when there is none).
     pub addr: SocketAddr,
     pub listen: Vec<SocketAddr>,
+    /// TLS listeners (`listening on ... (tls)`).
+    pub tls: Vec<SocketAddr>,
     pub admin: SocketAddr,
     captured: Arc<Mutex<Captured>>,
     status: Option<ExitStatus>,
@@ -293,7 +300,7 @@ fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
         .ok()
 }
 
-fn drain(reader: impl Read + Send + 'static, cap: Arc<Mutex<Captured>>) {
+fn drain(reader: impl Read + Send + 'static, cap: Arc<Mutex<Captured>>, is_stderr: bool) {
     std::thread::spawn(move || {
         let mut r = BufReader::new(reader);
         let mut buf = Vec::new();
@@ -310,11 +317,19 @@ fn drain(reader: impl Read + Send + 'static, cap: Arc<Mutex<Captured>>) {
                     c.admin = Some(a);
                 }
             } else if let Some(a) = addr_after(&line, "listening on") {
-                c.listen.push(a);
+                match line.trim_end().ends_with("(tls)") {
+                    true => c.tls.push(a),
+                    false => c.listen.push(a),
+                }
+            }
+            let mut line = line;
+            if !line.ends_with('\n') {
+                line.push('\n');
             }
             c.log.push_str(&line);
-            if !line.ends_with('\n') {
-                c.log.push('\n');
+            match is_stderr {
+                true => c.stderr.push_str(&line),
+                false => c.stdout.push_str(&line),
             }
         }
     });
@@ -351,24 +366,30 @@ impl Gate {
     }
 
     pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Gate {
+        Self::start_with(yaml, &[], env).await
+    }
+
+    /// `asgi-gate <args> -c <dir>/gate.yaml` with `env` added.
+    pub async fn start_with(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Gate {
         let dir = tempdir();
         let config_path = dir.path().join("gate.yaml");
         std::fs::write(&config_path, yaml).unwrap();
-        let mut cmd = gate_command(&[], &config_path);
+        let mut cmd = gate_command(args, &config_path);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn asgi-gate");
         let captured = Arc::new(Mutex::new(Captured::default()));
-        drain(child.stdout.take().unwrap(), captured.clone());
-        drain(child.stderr.take().unwrap(), captured.clone());
+        drain(child.stdout.take().unwrap(), captured.clone(), false);
+        drain(child.stderr.take().unwrap(), captured.clone(), true);
 
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             {
                 let c = captured.lock().unwrap();
-                if let (Some(admin), Some(&addr)) = (c.admin, c.listen.first()) {
-                    let listen = c.listen.clone();
+                let first = c.listen.first().or(c.tls.first()).copied();
+                if let (Some(admin), Some(addr)) = (c.admin, first) {
+                    let (listen, tls) = (c.listen.clone(), c.tls.clone());
                     drop(c);
                     return Gate {
                         child,
@@ -376,6 +397,7 @@ impl Gate {
                         config_path,
                         addr,
                         listen,
+                        tls,
                         admin,
                         captured,
                         status: None,
@@ -409,6 +431,19 @@ impl Gate {
     /// Everything the gate printed so far (stdout and stderr, ANSI stripped).
     pub fn log(&self) -> String {
         self.captured.lock().unwrap().log.clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.captured.lock().unwrap().stdout.clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.captured.lock().unwrap().stderr.clone()
+    }
+
+    /// The exit status, if the gate has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn send_signal(&self, sig: libc::c_int) {
