@@ -19,6 +19,7 @@ use ipnet::IpNet;
 
 use crate::auth::{self, AuthSetupError, AuthSlot, Revocations};
 use crate::router::{RouteEntry, Router, RouterError};
+use crate::shared::SharedLimits;
 use crate::static_files::StaticRoute;
 use crate::upstream::Upstream;
 
@@ -40,7 +41,7 @@ pub struct Gate {
     pub https_redirect: Option<u16>,
     pub security_headers: Option<security_headers::Policy>,
     /// For `shared: true` limits (`revocation.redis` is then set).
-    pub shared_limits: Option<Arc<crate::shared::SharedLimits>>,
+    pub shared_limits: Option<Arc<SharedLimits>>,
     /// WebSocket sessions currently relayed.
     pub websockets_open: Arc<AtomicUsize>,
 }
@@ -175,6 +176,16 @@ impl Gate {
             })
             .collect();
         let cors = cfg.cors.as_ref().map(|c| Arc::new(cors_policy(c)));
+        // The revocation list's Redis connection serves the limits too.
+        let shared_limits = match cfg.revocation.as_ref().and_then(|r| r.redis.as_deref()) {
+            Some(url) if cfg.rate_limits.values().any(|l| l.shared) => {
+                Some(Arc::new(match &revocations.shared {
+                    Some(s) => SharedLimits::new(s.connection()),
+                    None => SharedLimits::connect(url).map_err(GateError::Shared)?,
+                }))
+            }
+            _ => None,
+        };
         let router = Router::new(&cfg.routes, |route| {
             route_entry(route, cfg, &upstreams, &rate_limits, &auth, cors.as_ref())
         })?;
@@ -198,12 +209,7 @@ impl Gate {
                 })
                 .flatten(),
             security_headers: security_policy(cfg)?,
-            shared_limits: match cfg.revocation.as_ref().and_then(|r| r.redis.as_deref()) {
-                Some(url) if cfg.rate_limits.values().any(|l| l.shared) => Some(Arc::new(
-                    crate::shared::SharedLimits::new(url).map_err(GateError::Shared)?,
-                )),
-                _ => None,
-            },
+            shared_limits,
             // Sessions outlive reloads; so does their count.
             websockets_open: previous
                 .map(|p| p.websockets_open.clone())

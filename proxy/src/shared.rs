@@ -51,14 +51,13 @@ impl SharedRevocations {
     /// Connects lazily: a gate starts (and serves with its local list) while
     /// Redis is down, and catches up when it comes.
     pub fn new(url: &str) -> Result<SharedRevocations, SharedError> {
-        let client = redis::Client::open(url).map_err(SharedError::Url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(WRITE_TIMEOUT));
-        let conn = client
-            .get_connection_manager_lazy(config)
-            .map_err(SharedError::Url)?;
+        let (client, conn) = lazy_connection(url)?;
         Ok(SharedRevocations { client, conn })
+    }
+
+    /// The connection, for the shared limits: one per gate, not one each.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     /// Stores and announces a revocation; the admin API answers 2xx only
@@ -204,18 +203,20 @@ return {1, math.floor((now - new_tat + interval * burst) / interval), new_tat - 
 ";
 
 impl SharedLimits {
-    pub fn new(url: &str) -> Result<SharedLimits, SharedError> {
-        let client = redis::Client::open(url).map_err(SharedError::Url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(CHECK_TIMEOUT));
-        Ok(SharedLimits {
-            conn: client
-                .get_connection_manager_lazy(config)
-                .map_err(SharedError::Url)?,
+    /// Each check is bounded by [`CHECK_TIMEOUT`] whatever the
+    /// connection's own timeouts.
+    pub fn new(conn: ConnectionManager) -> SharedLimits {
+        SharedLimits {
+            conn,
             script: redis::Script::new(GCRA),
             degraded: AtomicBool::new(false),
-        })
+        }
+    }
+
+    /// For a gate whose revocation list (kept across reloads) has no Redis
+    /// of its own yet.
+    pub fn connect(url: &str) -> Result<SharedLimits, SharedError> {
+        Ok(SharedLimits::new(lazy_connection(url)?.1))
     }
 
     /// One request under `key` (from [`RateLimit::shared_key`]) in the
@@ -274,6 +275,18 @@ impl SharedLimits {
             ))),
         }
     }
+}
+
+/// A client and its connection manager, connecting on first use.
+fn lazy_connection(url: &str) -> Result<(redis::Client, ConnectionManager), SharedError> {
+    let client = redis::Client::open(url).map_err(SharedError::Url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(WRITE_TIMEOUT));
+    let conn = client
+        .get_connection_manager_lazy(config)
+        .map_err(SharedError::Url)?;
+    Ok((client, conn))
 }
 
 async fn timed(
