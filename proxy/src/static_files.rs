@@ -84,7 +84,7 @@ impl StaticRoute {
         }
         let tail = path.strip_prefix(&self.prefix).unwrap_or("");
         let file = self.find(tail).await.ok_or(Reject::NotFound)?;
-        let meta = file.metadata().await.map_err(|_| Reject::NotFound)?;
+        let meta = &file.meta;
         let validators = Validators::new(meta.len(), meta.modified().ok());
         let mut resp = Response::new(GateBody::empty());
         let h = resp.headers_mut();
@@ -123,20 +123,20 @@ impl StaticRoute {
             return None;
         }
         let handle = tokio::fs::File::open(&real).await.ok()?;
-        let open = OpenFile { path: real, handle };
-        open.metadata().await.ok()?.is_file().then_some(open)
+        // Of the opened file itself: what is served is what was checked.
+        let meta = handle.metadata().await.ok()?;
+        meta.is_file().then_some(OpenFile {
+            path: real,
+            handle,
+            meta,
+        })
     }
 }
 
 struct OpenFile {
     path: PathBuf,
     handle: tokio::fs::File,
-}
-
-impl OpenFile {
-    async fn metadata(&self) -> io::Result<std::fs::Metadata> {
-        self.handle.metadata().await
-    }
+    meta: std::fs::Metadata,
 }
 
 /// A file's bytes as body frames, at most `len` of them (the length the
