@@ -126,12 +126,13 @@ impl InFlight {
     pub fn release_connection(&mut self) {
         self.lease = None;
     }
+}
 
-    /// The response body has ended: the connection can serve another request.
-    fn finish(mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.done();
-        }
+/// The response body has ended: the worker slot is released and the
+/// connection can serve another request.
+fn finish(guard: &mut Option<InFlight>) {
+    if let Some(lease) = guard.take().and_then(|mut g| g.lease.take()) {
+        lease.done();
     }
 }
 
@@ -174,14 +175,11 @@ impl GateBody {
     }
 
     pub fn upstream(body: Incoming, guard: InFlight) -> Self {
+        let mut guard = Some(guard);
         // An empty body (204, HEAD, Content-Length: 0) is never polled.
-        let guard = match body.is_end_stream() {
-            true => {
-                guard.finish();
-                None
-            }
-            false => Some(guard),
-        };
+        if body.is_end_stream() {
+            finish(&mut guard);
+        }
         GateBody::Upstream { body, guard }
     }
 }
@@ -200,19 +198,13 @@ impl Body for GateBody {
                 match &r {
                     // Release the worker slot as soon as its response is
                     // done; hyper stops polling once `is_end_stream` says so.
-                    None => {
-                        if let Some(g) = guard.take() {
-                            g.finish();
-                        }
-                    }
+                    None => finish(guard),
                     Some(Ok(f)) => {
                         if let (Some(d), Some(c)) = (f.data_ref(), &*UPSTREAM_BYTES) {
                             c.inc_by(d.len() as u64);
                         }
                         if body.is_end_stream() {
-                            if let Some(g) = guard.take() {
-                                g.finish();
-                            }
+                            finish(guard);
                         }
                     }
                     // The connection is not reused: dropping the lease closes it.
