@@ -24,6 +24,7 @@ DIRECT_PORT="${DIRECT_PORT:-18082}"
 STACK_PORT="${STACK_PORT:-18083}"
 GATE2_PORT="${GATE2_PORT:-18084}"
 NGINX_H2_PORT="${NGINX_H2_PORT:-18085}"
+FLOOR_PORT="${FLOOR_PORT:-18086}"
 ADMIN_PORT="${ADMIN_PORT:-18901}"
 ADMIN2_PORT="${ADMIN2_PORT:-18902}"
 GZIP_LEVEL="${GZIP_LEVEL:-6}" # the gate's default; nginx is given the same
@@ -270,6 +271,20 @@ start_gate() {
     fi
     show_log "asgi-gate ($name) failed to start" "$logf"
     exit 1
+}
+
+# start_floor MODE [SOCK]: the stack's floor (benches/src/bin/hyper_floor.rs:
+# hyper + hyper-util as the gate sets them up, no pipeline) on FLOOR_PORT,
+# built when missing or when the gate is built too. Sets REPLY to its PID.
+start_floor() {
+    local bin="$TARGET_DIR/release/hyper_floor"
+    if ((BUILD_GATE)) || [[ ! -x "$bin" ]]; then
+        cargo build --release -p asgi-gate-benches --bin hyper_floor >&2 || die "hyper_floor does not build"
+    fi
+    start_bg "$TMP/floor.log" "$bin" "$1" "127.0.0.1:$FLOOR_PORT" ${2:+"$2"}
+    local pid="$REPLY"
+    wait_http "$pid" "http://127.0.0.1:$FLOOR_PORT/healthz" || { show_log "hyper_floor failed to start" "$TMP/floor.log"; exit 1; }
+    REPLY="$pid"
 }
 
 # --- measuring ------------------------------------------------------------------

@@ -1,10 +1,12 @@
 # shellcheck shell=bash
 # hello: GET /hello, a tiny JSON answer. gate and nginx before one uvicorn on a
-# Unix socket; direct = a second uvicorn on TCP (the "free proxy" limit).
+# Unix socket; direct = a second uvicorn on TCP (the "free proxy" limit);
+# hyper = the stack's floor (hyper + hyper-util, no pipeline) before the same
+# socket, so the gate's cost splits into the stack's and the pipeline's.
 scenario_hello() {
     TITLE="GET /hello: asgi-gate vs nginx vs direct uvicorn"
     LOAD_DESC="wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT/hello, loopback"
-    DESC+=("one uvicorn worker (httptools, no access log) on a Unix socket behind gate and nginx; a second one on TCP for direct")
+    DESC+=("one uvicorn worker (httptools, no access log) on a Unix socket behind gate, nginx and hyper; a second one on TCP for direct")
     start_uvicorn_uds app "$SOCK"
     local uds="$REPLY"
     if want gate; then
@@ -17,6 +19,10 @@ scenario_hello() {
         NGINX_PID="$REPLY"
         add_front nginx wrk "http://127.0.0.1:$NGINX_PORT/hello" 2xx "$(nginx_pids)" "$uds" "nginx, 1 worker, upstream keepalive 64"
     fi
+    if want hyper; then
+        start_floor proxy "$SOCK"
+        add_front hyper wrk "http://127.0.0.1:$FLOOR_PORT/hello" 2xx "$REPLY" "$uds" "the stack's floor: hyper + hyper-util as the gate sets them up, no pipeline, one worker connection per client connection (benches/src/bin/hyper_floor.rs)"
+    fi
     if want direct; then
         start_uvicorn_tcp app "$DIRECT_PORT"
         add_front direct wrk "http://127.0.0.1:$DIRECT_PORT/hello" 2xx "" "$REPLY" "uvicorn on TCP, no proxy"
@@ -25,5 +31,7 @@ scenario_hello() {
     RATIOS+=("-|gate|direct|rps|>=|1.15|gate / direct req/s"
         "-|gate|nginx|rps|>=|1|gate / nginx req/s (ahead of the best peer)"
         "-|nginx|direct|rps|||nginx / direct req/s (context)"
-        "-|gate|nginx|front_us|<=|1|gate / nginx front CPU per request")
+        "-|gate|nginx|front_us|<=|1|gate / nginx front CPU per request"
+        "-|hyper|nginx|front_us|||stack floor / nginx front CPU per request (context)"
+        "-|gate|hyper|front_us|||gate / stack floor front CPU per request (the pipeline's share)")
 }

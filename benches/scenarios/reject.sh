@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # reject: answers that never reach Python. Case 401: an invalid JWT (signed
 # with another secret) on /api/hello through the gate vs nginx `return 401`
-# with a small JSON body (and the Python stack rejecting it, for context).
+# with a small JSON body (and the Python stack rejecting it, for context), and
+# the stack's floor (hyper answering the same 401 with no pipeline at all).
 # Case 429: a per-IP limit of 1/h (every request after the first is 429)
 # through the gate vs nginx limit_req (1r/m, then `return 429`, so the one
 # request a minute that the limiter lets through is a 429 too).
@@ -51,6 +52,11 @@ scenario_reject() {
         add_front nginx wrk "http://127.0.0.1:$NGINX_PORT/api/hello" 401 "$(nginx_pids)" "$uds" "nginx, 1 worker: \`return 401\` with a small JSON body (checks no token at all)"
         fronts+=(nginx)
     fi
+    if want hyper; then
+        start_floor reject
+        add_front hyper wrk "http://127.0.0.1:$FLOOR_PORT/api/hello" 401 "$REPLY" "$uds" "the stack's floor: hyper + hyper-util as the gate sets them up answering every request with the gate's 401, no pipeline, no token check (benches/src/bin/hyper_floor.rs)"
+        fronts+=(hyper)
+    fi
     if want stack; then
         RATE_LIMIT_RPS=1000000000 RATE_LIMIT_BURST=1000000000 start_uvicorn_tcp app_stack "$STACK_PORT"
         add_front stack wrk "http://127.0.0.1:$STACK_PORT/api/hello" 401 "" "$REPLY" "app_stack.py on TCP: PyJWT rejects the token in Python"
@@ -84,5 +90,7 @@ scenario_reject() {
     RATIOS+=("401|gate|nginx|rps|>=|1|gate / nginx req/s (401)"
         "401|gate|stack|rps|||gate / stack req/s (401, context)"
         "401|gate|nginx|front_us|<=|1|gate / nginx front CPU per 401"
+        "401|hyper|nginx|front_us|||stack floor / nginx front CPU per 401 (context)"
+        "401|gate|hyper|front_us|||gate / stack floor front CPU per 401 (the pipeline's share)"
         "429|gate_429|nginx_429|rps|>=|1|gate / nginx req/s (429, ahead of the best peer)")
 }

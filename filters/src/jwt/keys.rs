@@ -8,11 +8,12 @@
 //! An asymmetric key is parsed by aws-lc once, here, for each algorithm of
 //! the policy it serves ([`aws_lc_rs::signature::ParsedPublicKey`]): a token
 //! then costs the signature check alone, not a key parse (and, for RSA, not
-//! the Montgomery set-up of the modulus) as well. HMAC secrets go through
-//! jsonwebtoken's aws-lc provider.
+//! the Montgomery set-up of the modulus) as well. An HMAC secret likewise
+//! becomes one aws-lc key per HS algorithm, its padded inner and outer
+//! states computed once instead of for every token.
 
+use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{self as lc, ParsedPublicKey, RsaPublicKeyComponents};
-use jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use rsa::pkcs1::DecodeRsaPublicKey;
@@ -47,13 +48,14 @@ pub(crate) struct JwkEntry {
     key: VerifyingKey,
 }
 
-/// A key ready to verify: the jsonwebtoken key (its family, and the secret
-/// of an HMAC key) and, for a public key, one aws-lc parsed key per policy
-/// algorithm it was checked for at load.
+/// A key ready to verify: the jsonwebtoken key (its family) and one aws-lc
+/// key per policy algorithm it was checked for at load (parsed public keys,
+/// or HMAC keys for a secret).
 #[derive(Debug)]
 pub(crate) struct VerifyingKey {
     key: DecodingKey,
     parsed: Vec<(Algorithm, ParsedPublicKey)>,
+    hmac: Vec<(Algorithm, hmac::Key)>,
 }
 
 impl VerifyingKey {
@@ -70,12 +72,13 @@ impl VerifyingKey {
         signature: &[u8],
     ) -> Result<(), AuthError> {
         if self.family() == AlgorithmFamily::Hmac {
-            let verifier = (DEFAULT_PROVIDER.verifier_factory)(&alg, &self.key)
-                .map_err(|_| AuthError::BadSignature)?;
-            // jsonwebtoken's verifier trait takes the signature as a Vec.
-            return verifier
-                .verify(message, &signature.to_vec())
-                .map_err(|_| AuthError::BadSignature);
+            let (_, key) = self
+                .hmac
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .ok_or(AuthError::BadSignature)?;
+            // Constant-time comparison of the tags inside aws-lc.
+            return hmac::verify(key, message, signature).map_err(|_| AuthError::BadSignature);
         }
         let (_, parsed) = self
             .parsed
@@ -176,9 +179,22 @@ pub(crate) fn secret_key(secret: &[u8], algorithms: &[Algorithm]) -> Result<KeyS
             });
         }
     }
+    let hmac = algorithms
+        .iter()
+        .map(|alg| {
+            let digest = match alg {
+                Algorithm::HS384 => hmac::HMAC_SHA384,
+                Algorithm::HS512 => hmac::HMAC_SHA512,
+                // HS256, the one left after the check above.
+                _ => hmac::HMAC_SHA256,
+            };
+            (*alg, hmac::Key::new(digest, secret))
+        })
+        .collect();
     Ok(KeySet::Single(VerifyingKey {
         key: DecodingKey::from_secret(secret),
         parsed: Vec::new(),
+        hmac,
     }))
 }
 
@@ -201,7 +217,11 @@ pub(crate) fn pem_key(pem: &[u8], algorithms: &[Algorithm]) -> Result<KeySet, Po
         .iter()
         .map(|alg| Ok((*alg, parse_key(&key, *alg)?)))
         .collect::<Result<_, PolicyError>>()?;
-    Ok(KeySet::Single(VerifyingKey { key, parsed }))
+    Ok(KeySet::Single(VerifyingKey {
+        key,
+        parsed,
+        hmac: Vec::new(),
+    }))
 }
 
 /// The usable keys of a JWKS document, and a warning for each key skipped
@@ -299,6 +319,7 @@ fn jwk_entry(raw: &Value, algorithms: &[Algorithm]) -> Result<JwkEntry, String> 
         key: VerifyingKey {
             key,
             parsed: Vec::new(),
+            hmac: Vec::new(),
         },
     };
     let usable: Vec<Algorithm> = algorithms

@@ -60,6 +60,25 @@ fn hs256_384_512_valid() {
 }
 
 #[test]
+fn hs_key_is_the_one_of_the_header_alg() {
+    // One secret, three precomputed HMAC keys: each label verifies with its
+    // own digest (a mix-up would fail on the tag length), and an HS256 MAC
+    // under another label does not pass.
+    let all = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+    let p = policy(hs_policy(&all));
+    let t256 = hs(Algorithm::HS256, &valid_claims());
+    let (_, rest) = t256.split_once('.').unwrap();
+    for (alg, name) in [(Algorithm::HS384, "HS384"), (Algorithm::HS512, "HS512")] {
+        let relabelled = format!("{}.{rest}", b64(&json!({"alg": name, "typ": "JWT"})));
+        assert_eq!(
+            p.verify(&relabelled, NOW).unwrap_err(),
+            AuthError::BadSignature
+        );
+        assert!(p.verify(&hs(alg, &valid_claims()), NOW).is_ok());
+    }
+}
+
+#[test]
 fn alg_not_in_list_refused() {
     let p = policy(hs_policy(&[Algorithm::HS256]));
     let t = hs(Algorithm::HS512, &valid_claims());
