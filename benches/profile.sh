@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Cost of the gate's hop on `hello` (GET /hello), against nginx's: instructions
 # (and cycles, when the machine has the counters) per request, measured on the
-# proxy process alone, the uvicorn worker behind it not counted.
+# proxy process alone, the uvicorn worker behind it not counted. The stack's
+# floor (benches/src/bin/hyper_floor.rs: hyper + hyper-util as the gate sets
+# them up, no pipeline) is measured the same way, so the gate's count splits
+# into the stack's and the pipeline's.
 #
 #   bash benches/profile.sh            # N=5000 requests, h2load --h1 -c 8
 #
@@ -119,6 +122,20 @@ GATE_INSTR="$INSTR" GATE_CYCLES="$CYCLES" GATE_DUMP="$DUMP"
 kill_wait "$GATE_PID"
 forget_pid "$GATE_PID"
 
+# --- the stack's floor: hyper + hyper-util, no pipeline ---
+FLOOR_BIN="$TARGET_DIR/release/hyper_floor"
+if ((BUILD_GATE)) || [[ ! -x "$FLOOR_BIN" ]]; then
+    cargo build --release -p asgi-gate-benches --bin hyper_floor >&2 || die "hyper_floor does not build"
+fi
+vg floor
+start_bg "$TMP/floor.log" "${VG[@]}" "$FLOOR_BIN" proxy "127.0.0.1:$FLOOR_PORT" "$SOCK"
+FLOOR_PID="$REPLY"
+wait_slow "$FLOOR_PID" "http://127.0.0.1:$FLOOR_PORT/hello" || { show_log "hyper_floor failed to start" "$TMP/floor.log"; exit 1; }
+measure_front floor "$FLOOR_PORT" "$FLOOR_PID"
+FLOOR_INSTR="$INSTR" FLOOR_CYCLES="$CYCLES"
+kill_wait "$FLOOR_PID"
+forget_pid "$FLOOR_PID"
+
 # --- nginx: one process (no master), the same keepalive pool ---
 dir="$TMP/nginx"
 mkdir -p "$dir"
@@ -181,21 +198,24 @@ fi
 per() { [[ -n "$1" ]] && awk -v a="$1" -v n="$N" 'BEGIN { printf "%.0f", a / n }' || echo "n/a"; }
 ratio() { [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo "n/a"; }
 {
-    echo "# Cost of one proxied request (GET /hello): gate vs nginx"
+    echo "# Cost of one proxied request (GET /hello): gate vs the bare stack vs nginx"
     echo
     echo "- machine: $META_MACHINE"
     echo "- date: $META_DATE"
     echo "- commit: $META_COMMIT"
     echo "- command: \`$COMMAND\`"
     echo "- tool: $TOOL$([[ "$TOOL" == callgrind ]] && echo " (valgrind $(valgrind --version | sed 's/valgrind-//'); this machine has no hardware counters for perf)")"
-    echo "- load: h2load --h1 -c $PCONNS -n $N http://127.0.0.1:PORT/hello after $WARM warm-up requests; counted on the proxy process only (gate: threads: 1; nginx: master_process off, 1 process, upstream keepalive 64); the same uvicorn worker on a Unix socket behind both"
+    echo "- load: h2load --h1 -c $PCONNS -n $N http://127.0.0.1:PORT/hello after $WARM warm-up requests; counted on the proxy process only (gate: threads: 1; hyper_floor: the same runtime and server builder, one worker connection per client connection; nginx: master_process off, 1 process, upstream keepalive 64); the same uvicorn worker on a Unix socket behind all three"
     [[ "$TOOL" == callgrind ]] && echo "- callgrind counts user-space instructions only: the kernel's share (syscalls, TCP and Unix-socket I/O) is not in these figures for either front"
     echo
     echo "| front | instructions/request | cycles/request |"
     echo "| --- | --- | --- |"
     echo "| gate | $(per "$GATE_INSTR") | $(per "$GATE_CYCLES") |"
     echo "| nginx | $(per "$NGINX_INSTR") | $(per "$NGINX_CYCLES") |"
+    echo "| hyper (the stack's floor, no pipeline) | $(per "$FLOOR_INSTR") | $(per "$FLOOR_CYCLES") |"
     echo "| gate / nginx | $(ratio "$GATE_INSTR" "$NGINX_INSTR") | $(ratio "$GATE_CYCLES" "$NGINX_CYCLES") |"
+    echo "| hyper / nginx | $(ratio "$FLOOR_INSTR" "$NGINX_INSTR") | $(ratio "$FLOOR_CYCLES" "$NGINX_CYCLES") |"
+    echo "| gate / hyper (the pipeline's share) | $(ratio "$GATE_INSTR" "$FLOOR_INSTR") | $(ratio "$GATE_CYCLES" "$FLOOR_CYCLES") |"
     echo
     echo "Target (issue 8): the gate's cost per request at or below nginx's (ratio ≤ 1)."
     if [[ -n "$top" ]]; then
