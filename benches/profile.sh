@@ -110,31 +110,33 @@ vg() {
     return 0
 }
 
+# profile_front NAME PORT LOG CMD...: starts CMD under the tool, waits for
+# GET /hello on PORT, measures it (INSTR, CYCLES, DUMP), stops it.
+profile_front() {
+    local name="$1" port="$2" logf="$3" pid
+    shift 3
+    vg "$name"
+    start_bg "$logf" "${VG[@]}" "$@"
+    pid="$REPLY"
+    wait_slow "$pid" "http://127.0.0.1:$port/hello" || { show_log "$name failed to start" "$logf"; exit 1; }
+    measure_front "$name" "$port" "$pid"
+    kill_wait "$pid"
+    forget_pid "$pid"
+}
+
 # --- gate ---
 gate_yaml "$TMP/gate.yaml" "$GATE_PORT" "$ADMIN_PORT"
-vg gate
 # nginx has access_log off: the gate runs without its access log too.
-start_bg "$TMP/gate.log" "${VG[@]}" "$GATE_BIN" --no-access-log -c "$TMP/gate.yaml"
-GATE_PID="$REPLY"
-wait_slow "$GATE_PID" "http://127.0.0.1:$GATE_PORT/hello" || { show_log "gate failed to start" "$TMP/gate.log"; exit 1; }
-measure_front gate "$GATE_PORT" "$GATE_PID"
+profile_front gate "$GATE_PORT" "$TMP/gate.log" "$GATE_BIN" --no-access-log -c "$TMP/gate.yaml"
 GATE_INSTR="$INSTR" GATE_CYCLES="$CYCLES" GATE_DUMP="$DUMP"
-kill_wait "$GATE_PID"
-forget_pid "$GATE_PID"
 
 # --- the stack's floor: hyper + hyper-util, no pipeline ---
 FLOOR_BIN="$TARGET_DIR/release/hyper_floor"
 if ((BUILD_GATE)) || [[ ! -x "$FLOOR_BIN" ]]; then
     cargo build --release -p asgi-gate-benches --bin hyper_floor >&2 || die "hyper_floor does not build"
 fi
-vg floor
-start_bg "$TMP/floor.log" "${VG[@]}" "$FLOOR_BIN" proxy "127.0.0.1:$FLOOR_PORT" "$SOCK"
-FLOOR_PID="$REPLY"
-wait_slow "$FLOOR_PID" "http://127.0.0.1:$FLOOR_PORT/hello" || { show_log "hyper_floor failed to start" "$TMP/floor.log"; exit 1; }
-measure_front floor "$FLOOR_PORT" "$FLOOR_PID"
+profile_front floor "$FLOOR_PORT" "$TMP/floor.log" "$FLOOR_BIN" proxy "127.0.0.1:$FLOOR_PORT" "$SOCK"
 FLOOR_INSTR="$INSTR" FLOOR_CYCLES="$CYCLES"
-kill_wait "$FLOOR_PID"
-forget_pid "$FLOOR_PID"
 
 # --- nginx: one process (no master), the same keepalive pool ---
 dir="$TMP/nginx"
@@ -175,14 +177,8 @@ http {
     }
 }
 EOF
-vg nginx
-start_bg "$dir/stdout.log" "${VG[@]}" "$(nginx_bin_path)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
-NGINX_PID="$REPLY"
-wait_slow "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/hello" || { show_log "nginx failed to start" "$dir/error.log"; exit 1; }
-measure_front nginx "$NGINX_PORT" "$NGINX_PID"
+profile_front nginx "$NGINX_PORT" "$dir/stdout.log" "$(nginx_bin_path)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
 NGINX_INSTR="$INSTR" NGINX_CYCLES="$CYCLES"
-kill_wait "$NGINX_PID"
-forget_pid "$NGINX_PID"
 
 # --- report ---
 top=""
