@@ -5,11 +5,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::ExitStatus;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,75 +23,12 @@ routes:
     upstream: app
 ";
 
-/// `asgi-gate run` with its output captured; killed by PID on drop, and so
-/// is every worker it was seen to have.
+/// `asgi-gate run` through the common harness (output captured, stopped on
+/// drop), and every worker it was seen to have killed on drop too.
 struct RunGate {
-    child: Child,
+    gate: Gate,
     addr: SocketAddr,
-    log: Arc<Mutex<String>>,
     seen_workers: Mutex<HashSet<u32>>,
-    status: Option<ExitStatus>,
-    _dir: tempfile::TempDir,
-}
-
-fn capture(reader: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { return };
-            let mut l = log.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-}
-
-fn listen_addr(log: &str) -> Option<SocketAddr> {
-    log.lines()
-        .find_map(|l| l.strip_prefix("asgi-gate: listening on "))
-        .and_then(|a| a.trim().parse().ok())
-}
-
-fn spawn_run(
-    run_args: &[&str],
-    worker: &[String],
-    config: Option<&str>,
-) -> (Child, Arc<Mutex<String>>, tempfile::TempDir) {
-    let bin = gate_bin();
-    assert!(
-        bin.exists(),
-        "{} missing: cargo build -p asgi-gate",
-        bin.display()
-    );
-    let dir = tempdir();
-    let mut cmd = Command::new(bin);
-    cmd.arg("run");
-    if let Some(yaml) = config {
-        let path = dir.path().join("gate.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        cmd.arg("-c").arg(path);
-    }
-    cmd.args(run_args)
-        .arg("--")
-        .args(worker)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("NO_COLOR", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .env_remove("RUST_LOG");
-    // If the test process dies without Drop, the gate goes too (and its
-    // workers with it, which is what the gate-SIGKILL test proves).
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn asgi-gate run");
-    let log = Arc::new(Mutex::new(String::new()));
-    capture(child.stdout.take().unwrap(), log.clone());
-    capture(child.stderr.take().unwrap(), log.clone());
-    (child, log, dir)
 }
 
 fn uvicorn_cmd(extra: &[&str]) -> Vec<String> {
@@ -116,45 +51,21 @@ fn uvicorn_cmd(extra: &[&str]) -> Vec<String> {
 
 impl RunGate {
     async fn start(workers: u16, worker: Vec<String>) -> RunGate {
-        let (mut child, log, dir) =
-            spawn_run(&["--workers", &workers.to_string()], &worker, Some(CONFIG));
-        let deadline = Instant::now() + Duration::from_secs(45);
-        loop {
-            let found = listen_addr(&log.lock().unwrap());
-            if let Some(addr) = found {
-                let g = RunGate {
-                    child,
-                    addr,
-                    log,
-                    seen_workers: Mutex::new(HashSet::new()),
-                    status: None,
-                    _dir: dir,
-                };
-                // The gate listens only once every worker answers.
-                assert_eq!(g.workers().len(), workers as usize, "log:\n{}", g.log());
-                return g;
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                panic!(
-                    "asgi-gate run exited ({st}) before listening:\n{}",
-                    log.lock().unwrap()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "asgi-gate run not listening after 45s:\n{}",
-                    log.lock().unwrap()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let n = workers.to_string();
+        let gate =
+            Gate::start_run(CONFIG, &["--workers", &n], &worker, Duration::from_secs(45)).await;
+        let g = RunGate {
+            addr: gate.addr,
+            gate,
+            seen_workers: Mutex::new(HashSet::new()),
+        };
+        // The gate listens only once every worker answers.
+        assert_eq!(g.workers().len(), workers as usize, "log:\n{}", g.log());
+        g
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.gate.pid()
     }
 
     /// The private socket directory, from the `worker started` log lines.
@@ -169,7 +80,7 @@ impl RunGate {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.gate.log()
     }
 
     /// The gate's live child processes (its workers), remembered for Drop.
@@ -180,36 +91,25 @@ impl RunGate {
     }
 
     fn signal(&self, sig: libc::c_int) {
-        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+        self.gate.send_signal(sig);
     }
 
     async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                self.status = Some(st);
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.gate.wait_exit(limit).await
     }
 }
 
 impl Drop for RunGate {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SIGTERM first, so that the gate removes its socket directory.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        if self.gate.exited().is_none() {
+            // SIGTERM and time to drain, so that the gate stops its workers and
+            // removes its socket directory itself (the harness would SIGKILL it
+            // after 3 s).
+            self.gate.send_signal(libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            while Instant::now() < deadline && self.gate.exited().is_none() {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
         // Backstop if the gate failed to stop them; the cmdline check keeps a
         // reused PID safe.
@@ -439,30 +339,22 @@ async fn socket_placeholder_and_python_dash_m() {
 #[tokio::test]
 async fn refusals_name_the_problem() {
     // A program the gate cannot give a socket to: usage error, nothing started.
-    let (mut child, log, _dir) = spawn_run(&[], &["/bin/sleep".into(), "60".into()], None);
-    let st = child.wait().unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(st.code(), Some(64));
-    assert!(
-        log.lock().unwrap().contains("{socket}"),
-        "{}",
-        log.lock().unwrap()
-    );
+    let done = run_to_exit(&["run"], None, &["--", "/bin/sleep", "60"], &[]).await;
+    let log = done.stdout + &done.stderr;
+    assert_eq!(done.code, Some(64), "{log}");
+    assert!(log.contains("{socket}"), "{log}");
 
     // A worker that dies at start: the gate fails fast with its exit status.
     let started = Instant::now();
-    let (mut child, log, _dir) = spawn_run(
-        &["--workers", "1"],
-        &uvicorn_cmd(&[])
-            .into_iter()
-            .map(|a| a.replace("app:app", "nosuchmodule:app"))
-            .collect::<Vec<_>>(),
-        Some(CONFIG),
-    );
-    let st = child.wait().unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = log.lock().unwrap().clone();
-    assert_eq!(st.code(), Some(1), "{log}");
+    let worker: Vec<String> = uvicorn_cmd(&[])
+        .into_iter()
+        .map(|a| a.replace("app:app", "nosuchmodule:app"))
+        .collect();
+    let mut tail = vec!["--workers", "1", "--"];
+    tail.extend(worker.iter().map(String::as_str));
+    let done = run_to_exit(&["run"], Some(CONFIG), &tail, &[]).await;
+    let log = done.stdout + &done.stderr;
+    assert_eq!(done.code, Some(1), "{log}");
     assert!(log.contains("before its socket answered"), "{log}");
     assert!(
         started.elapsed() < Duration::from_secs(20),

@@ -335,7 +335,8 @@ fn drain(reader: impl Read + Send + 'static, cap: Arc<Mutex<Captured>>, is_stder
     });
 }
 
-fn gate_command(args: &[&str], config_path: &Path) -> Command {
+/// `asgi-gate <args> [-c <config>] <tail>`, output piped, dying with the test.
+fn gate_command(args: &[&str], config_path: Option<&Path>, tail: &[&str]) -> Command {
     let bin = gate_bin();
     assert!(
         bin.exists(),
@@ -343,19 +344,30 @@ fn gate_command(args: &[&str], config_path: &Path) -> Command {
         bin.display()
     );
     let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .arg("-c")
-        .arg(config_path)
+    cmd.args(args);
+    if let Some(path) = config_path {
+        cmd.arg("-c").arg(path);
+    }
+    cmd.args(tail)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("NO_COLOR", "1")
+        .env("PYTHONUNBUFFERED", "1")
         .env_remove("RUST_LOG");
     if let Some(level) = std::env::var_os("ASGI_GATE_TEST_RUST_LOG") {
         cmd.env("RUST_LOG", level);
     }
     die_with_parent(&mut cmd);
     cmd
+}
+
+/// `yaml` written to `<new tempdir>/gate.yaml`.
+fn write_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempdir();
+    let config_path = dir.path().join("gate.yaml");
+    std::fs::write(&config_path, yaml).unwrap();
+    (dir, config_path)
 }
 
 impl Gate {
@@ -371,10 +383,32 @@ impl Gate {
 
     /// `asgi-gate <args> -c <dir>/gate.yaml` with `env` added.
     pub async fn start_with(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Gate {
-        let dir = tempdir();
-        let config_path = dir.path().join("gate.yaml");
-        std::fs::write(&config_path, yaml).unwrap();
-        let mut cmd = gate_command(args, &config_path);
+        Self::launch(yaml, args, &[], env, Duration::from_secs(15)).await
+    }
+
+    /// Supervisor mode: `asgi-gate run -c <dir>/gate.yaml <run_args> -- <worker>`,
+    /// waited for up to `wait` (the gate listens once every worker answers).
+    pub async fn start_run(
+        yaml: &str,
+        run_args: &[&str],
+        worker: &[String],
+        wait: Duration,
+    ) -> Gate {
+        let mut tail: Vec<&str> = run_args.to_vec();
+        tail.push("--");
+        tail.extend(worker.iter().map(String::as_str));
+        Self::launch(yaml, &["run"], &tail, &[], wait).await
+    }
+
+    async fn launch(
+        yaml: &str,
+        args: &[&str],
+        tail: &[&str],
+        env: &[(&str, &str)],
+        wait: Duration,
+    ) -> Gate {
+        let (dir, config_path) = write_config(yaml);
+        let mut cmd = gate_command(args, Some(&config_path), tail);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -383,7 +417,7 @@ impl Gate {
         drain(child.stdout.take().unwrap(), captured.clone(), false);
         drain(child.stderr.take().unwrap(), captured.clone(), true);
 
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + wait;
         loop {
             {
                 let c = captured.lock().unwrap();
@@ -416,7 +450,7 @@ impl Gate {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "asgi-gate printed no `listening on` + `admin listening on` lines in 15s; log:\n{}",
+                    "asgi-gate printed no `listening on` + `admin listening on` lines in {wait:?}; log:\n{}",
                     captured.lock().unwrap().log
                 );
             }
@@ -508,12 +542,21 @@ pub struct Finished {
     _dir: tempfile::TempDir,
 }
 
-/// Runs `asgi-gate <args> -c <yaml in a tempdir>` to completion (killed after 15 s).
+/// Runs `asgi-gate <args> -c <yaml in a tempdir>` to completion (killed after 30 s).
 pub async fn run_gate_to_exit(args: &[&str], yaml: &str, env: &[(&str, &str)]) -> Finished {
-    let dir = tempdir();
-    let config_path = dir.path().join("gate.yaml");
-    std::fs::write(&config_path, yaml).unwrap();
-    let mut cmd = gate_command(args, &config_path);
+    run_to_exit(args, Some(yaml), &[], env).await
+}
+
+/// Runs `asgi-gate <args> [-c <yaml in a tempdir>] <tail>` to completion
+/// (killed after 30 s).
+pub async fn run_to_exit(
+    args: &[&str],
+    yaml: Option<&str>,
+    tail: &[&str],
+    env: &[(&str, &str)],
+) -> Finished {
+    let (dir, config_path) = write_config(yaml.unwrap_or(""));
+    let mut cmd = gate_command(args, yaml.map(|_| config_path.as_path()), tail);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -530,14 +573,14 @@ pub async fn run_gate_to_exit(args: &[&str], yaml: &str, env: &[(&str, &str)]) -
         let _ = err.read_to_end(&mut s);
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Ok(Some(st)) = child.try_wait() {
             break st;
         }
         if Instant::now() > deadline {
             kill_and_reap(&mut child);
-            panic!("asgi-gate {args:?} still running after 15s");
+            panic!("asgi-gate {args:?} {tail:?} still running after 30s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
