@@ -183,18 +183,21 @@ start_uvicorn_tcp() {
     REPLY="$pid"
 }
 
-# start_nginx SOCK HTTP_EXTRA SERVER_EXTRA [LISTEN_EXTRA]: one worker under a
-# private prefix, keepalive pool to the socket. HTTP_EXTRA goes into http{} (e.g.
-# gzip), SERVER_EXTRA into server{} before the catch-all proxy location (it may
-# add more specific locations). LISTEN_EXTRA: more `listen` lines. REPLY = master PID.
-start_nginx() {
-    local sock="$1" http_extra="$2" server_extra="$3" listen_extra="${4:-}" dir="$TMP/nginx" user_line=""
+# write_nginx_conf SOCK HTTP_EXTRA SERVER_EXTRA [LISTEN_EXTRA] [TOP_EXTRA]:
+# $TMP/nginx/nginx.conf for one worker under a private prefix, keepalive pool
+# to the socket. HTTP_EXTRA goes into http{} (e.g. gzip), SERVER_EXTRA into
+# server{} before the catch-all proxy location (it may add more specific
+# locations). LISTEN_EXTRA: more `listen` lines; TOP_EXTRA: main-context
+# lines (e.g. `master_process off;`). REPLY = the prefix directory.
+write_nginx_conf() {
+    local sock="$1" http_extra="$2" server_extra="$3" listen_extra="${4:-}" top_extra="${5:-}" dir="$TMP/nginx" user_line=""
     mkdir -p "$dir"
     # As root nginx would drop its worker to nobody, who cannot reach the socket
     # in our private temp dir: keep it as the current user.
     [[ $EUID -eq 0 ]] && user_line="user $(id -un) $(id -gn);"
     cat >"$dir/nginx.conf" <<EOF
 $user_line
+$top_extra
 worker_processes 1;
 worker_rlimit_nofile 16384;
 daemon off;
@@ -238,6 +241,14 @@ $server_extra
 EOF
     nginx_bin -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -t -q \
         || { show_log "nginx -t failed" "$dir/error.log"; exit 1; }
+    REPLY="$dir"
+}
+
+# start_nginx SOCK HTTP_EXTRA SERVER_EXTRA [LISTEN_EXTRA]: write_nginx_conf,
+# then serve. REPLY = master PID.
+start_nginx() {
+    write_nginx_conf "$@"
+    local dir="$REPLY"
     start_bg "$dir/stdout.log" "$(nginx_bin_path)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
     local pid="$REPLY"
     wait_http "$pid" "http://127.0.0.1:$NGINX_PORT/healthz" \

@@ -138,45 +138,9 @@ fi
 profile_front floor "$FLOOR_PORT" "$TMP/floor.log" "$FLOOR_BIN" proxy "127.0.0.1:$FLOOR_PORT" "$SOCK"
 FLOOR_INSTR="$INSTR" FLOOR_CYCLES="$CYCLES"
 
-# --- nginx: one process (no master), the same keepalive pool ---
-dir="$TMP/nginx"
-mkdir -p "$dir"
-user_line=""
-[[ $EUID -eq 0 ]] && user_line="user $(id -un) $(id -gn);"
-cat >"$dir/nginx.conf" <<EOF
-$user_line
-master_process off;
-daemon off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    keepalive_requests 1000000;
-    upstream app {
-        server unix:$SOCK;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-        }
-    }
-}
-EOF
+# --- nginx: one process (no master), the same config as in run.sh ---
+write_nginx_conf "$SOCK" "" "" "" "master_process off;"
+dir="$REPLY"
 profile_front nginx "$NGINX_PORT" "$dir/stdout.log" "$(nginx_bin_path)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
 NGINX_INSTR="$INSTR" NGINX_CYCLES="$CYCLES"
 
