@@ -232,8 +232,13 @@ $server_extra
             proxy_set_header Upgrade \$http_upgrade;
             proxy_set_header Connection \$connection_upgrade;
             proxy_set_header Host \$host;
+            # The headers the gate's contract sends the worker, so that both
+            # workers parse the same request; and the id back to the client.
             proxy_set_header X-Forwarded-For \$remote_addr;
             proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Request-Id \$request_id;
+            add_header X-Request-Id \$request_id always;
             proxy_read_timeout 60s;
         }
     }

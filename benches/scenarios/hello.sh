@@ -17,7 +17,7 @@ scenario_hello() {
     if want nginx; then
         start_nginx "$SOCK" "" ""
         NGINX_PID="$REPLY"
-        add_front nginx wrk "http://127.0.0.1:$NGINX_PORT/hello" 2xx "$(nginx_pids)" "$uds" "nginx, 1 worker, upstream keepalive 64"
+        add_front nginx wrk "http://127.0.0.1:$NGINX_PORT/hello" 2xx "$(nginx_pids)" "$uds" "nginx, 1 worker, upstream keepalive 64, sending the worker the headers the gate sends (X-Forwarded-For/Proto/Host, X-Request-Id) and returning X-Request-Id"
     fi
     if want hyper; then
         start_floor proxy "$SOCK"

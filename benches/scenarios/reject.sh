@@ -18,6 +18,8 @@ scenario_reject() {
         start_nginx "$SOCK" "    limit_req_zone \$binary_remote_addr zone=one:1m rate=1r/m;" "        location /api/ {
             default_type application/json;
             add_header WWW-Authenticate 'Bearer realm=\"asgi-gate\", error=\"invalid_token\"' always;
+            add_header X-Request-Id \$request_id always;
+            add_header Cache-Control no-store always;
             return 401 '$body401';
         }
         location = /limited {
@@ -25,6 +27,8 @@ scenario_reject() {
             limit_req_status 429;
             default_type application/json;
             add_header Retry-After 60 always;
+            add_header X-Request-Id \$request_id always;
+            add_header Cache-Control no-store always;
             return 429 '$body429';
         }"
         NGINX_PID="$REPLY"
@@ -49,7 +53,7 @@ scenario_reject() {
         fi
     fi
     if want nginx; then
-        add_front nginx wrk "http://127.0.0.1:$NGINX_PORT/api/hello" 401 "$(nginx_pids)" "$uds" "nginx, 1 worker: \`return 401\` with a small JSON body (checks no token at all)"
+        add_front nginx wrk "http://127.0.0.1:$NGINX_PORT/api/hello" 401 "$(nginx_pids)" "$uds" "nginx, 1 worker: \`return 401\` with a small JSON body and an X-Request-Id, as the gate answers (checks no token at all)"
         fronts+=(nginx)
     fi
     if want hyper; then
@@ -82,7 +86,7 @@ scenario_reject() {
         fi
     fi
     if want nginx; then
-        add_front nginx_429 wrk "http://127.0.0.1:$NGINX_PORT/limited" 429 "$(nginx_pids)" "$uds" "nginx, 1 worker: limit_req 1r/m, status 429, small JSON body"
+        add_front nginx_429 wrk "http://127.0.0.1:$NGINX_PORT/limited" 429 "$(nginx_pids)" "$uds" "nginx, 1 worker: limit_req 1r/m, status 429, small JSON body, X-Request-Id"
         fronts+=(nginx_429)
     fi
     set_headers

@@ -151,19 +151,15 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
 }
 
 /// Sets the `X-Forwarded-*` headers the worker reads, replacing whatever the
-/// client sent. `host` is the request's Host / :authority, when there is one.
+/// client sent. `client` is the client IP as a header value ([`ip_value`]);
+/// `host` is the request's Host / :authority, when there is one.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: HeaderValue,
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let mut buf = [0u8; 64];
-    let ip = ip_text(client, &mut buf);
-    // An IP's text form is always a valid header value.
-    if let Ok(v) = HeaderValue::from_bytes(ip.as_bytes()) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), client);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
         Some(h) => {
@@ -173,6 +169,16 @@ pub fn set_forwarded(
             headers.remove(&X_FORWARDED_HOST);
         }
     }
+}
+
+/// `ip` in its text form as a header value. The server makes the peer's once
+/// per connection; only a client IP taken from a trusted proxy's header is
+/// formatted per request.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 64];
+    // An IP's text form is always a valid header value.
+    HeaderValue::from_bytes(ip_text(ip, &mut buf).as_bytes())
+        .unwrap_or(HeaderValue::from_static("0.0.0.0"))
 }
 
 fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
@@ -350,14 +356,14 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil"),
         ]);
-        set_forwarded(&mut h, "1.2.3.4".parse().unwrap(), "http", None);
+        set_forwarded(&mut h, ip_value("1.2.3.4".parse().unwrap()), "http", None);
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(h.get("x-forwarded-host").is_none());
         set_forwarded(
             &mut h,
-            "2001:db8::1".parse().unwrap(),
+            ip_value("2001:db8::1".parse().unwrap()),
             "https",
             Some(HeaderValue::from_static("api.example.com")),
         );

@@ -24,11 +24,24 @@ use crate::router::RouteEntry;
 use crate::websocket;
 
 /// What the gate knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's IP (IPv4-mapped as IPv4) as an X-Forwarded-For value, made
+    /// once per connection.
+    pub peer_value: HeaderValue,
     /// "http" or "https": what the worker is told in X-Forwarded-Proto.
     pub proto: &'static str,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, proto: &'static str) -> ConnInfo {
+        ConnInfo {
+            peer,
+            peer_value: forwarding::ip_value(forwarding::canonical(peer.ip())),
+            proto,
+        }
+    }
 }
 
 /// Handles one request; never fails: a refusal is a response too. The
@@ -38,6 +51,9 @@ pub async fn handle(
     conn: ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<LoggedBody> {
+    // Room for the headers the gate adds (id, X-Forwarded-*, claims): one
+    // growth of the map instead of one per insert.
+    let _ = req.headers_mut().try_reserve(8);
     let id = request_id::ensure(req.headers_mut());
     let mut log = RequestLog::start(req.method(), req.uri().path(), id.clone());
     let mut cors = None;
@@ -154,7 +170,11 @@ async fn process(
     let on_upgrade = is_websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     forwarding::strip_hop_by_hop(&mut parts.headers, on_upgrade.is_some());
-    forwarding::set_forwarded(&mut parts.headers, client_ip, conn.proto, host.clone());
+    let client_value = match client_ip == forwarding::canonical(conn.peer.ip()) {
+        true => conn.peer_value.clone(),
+        false => forwarding::ip_value(client_ip),
+    };
+    forwarding::set_forwarded(&mut parts.headers, client_value, conn.proto, host.clone());
     let method = parts.method.clone();
     let compression = match (&route.compression, &on_upgrade) {
         (Some(policy), None) => Some((policy, compress::negotiate(policy, &mut parts.headers))),

@@ -188,10 +188,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let Some(tls) = tls else {
                 if request_started(&stream, header_timeout).await {
-                    let info = ConnInfo {
-                        peer,
-                        proto: "http",
-                    };
+                    let info = ConnInfo::new(peer, "http");
                     serve_connection(TokioIo::new(stream), info, shared, builder, watcher).await;
                 }
                 return;
@@ -199,10 +196,7 @@ async fn accept_loop(
             // The handshake counts against the same budget as a request head.
             match tokio::time::timeout(header_timeout, tls.acceptor().accept(stream)).await {
                 Ok(Ok(stream)) => {
-                    let info = ConnInfo {
-                        peer,
-                        proto: "https",
-                    };
+                    let info = ConnInfo::new(peer, "https");
                     serve_connection(TokioIo::new(stream), info, shared, builder, watcher).await;
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
@@ -223,13 +217,15 @@ async fn serve_connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let peer = info.peer;
     let svc = service_fn(move |req| {
         let gate = shared.current();
+        let info = info.clone();
         async move { Ok::<_, Infallible>(pipeline::handle(gate, info, req).await) }
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(error = %e, peer = %info.peer, "connection ended with an error");
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }
 
