@@ -51,9 +51,6 @@ pub async fn handle(
     conn: ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<LoggedBody> {
-    // Room for the headers the gate adds (id, X-Forwarded-*, claims): one
-    // growth of the map instead of one per insert.
-    let _ = req.headers_mut().try_reserve(8);
     let id = request_id::ensure(req.headers_mut());
     let mut log = RequestLog::start(req.method(), req.uri().path(), id.clone());
     let mut cors = None;
@@ -169,6 +166,9 @@ async fn process(
     // 5. What the worker receives.
     let on_upgrade = is_websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    // One growth of the map for the three X-Forwarded-* (not one per insert;
+    // and only on requests that go on, not on rejections).
+    let _ = parts.headers.try_reserve(3);
     forwarding::strip_hop_by_hop(&mut parts.headers, on_upgrade.is_some());
     let client_value = match client_ip == forwarding::canonical(conn.peer.ip()) {
         true => conn.peer_value.clone(),

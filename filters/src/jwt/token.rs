@@ -44,22 +44,38 @@ pub fn extract_token(
         if values.next().is_some() {
             return Err(AuthError::MultipleTokens);
         }
-        let text = value.to_str().map_err(|_| {
-            AuthError::Malformed("malformed token: Authorization is not visible ASCII")
-        })?;
-        let text = text.trim_matches(' ');
-        let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
-        if scheme.eq_ignore_ascii_case("bearer") {
-            let token = rest.trim_matches(' ');
-            if token.is_empty() || token.contains([' ', '\t']) {
-                return Err(AuthError::Malformed(
-                    "malformed token: expected `Authorization: Bearer <token>`",
-                ));
+        // Byte by byte, in one pass over the token: this runs for every
+        // authenticated request and for every flood of bad tokens.
+        let not_visible =
+            || AuthError::Malformed("malformed token: Authorization is not visible ASCII");
+        let not_bearer =
+            || AuthError::Malformed("malformed token: expected `Authorization: Bearer <token>`");
+        let text = trim_spaces(value.as_bytes());
+        let (scheme, rest) = match text.iter().position(|&b| b == b' ') {
+            Some(i) => (&text[..i], &text[i + 1..]),
+            None => (text, &b""[..]),
+        };
+        if scheme.eq_ignore_ascii_case(b"bearer") {
+            let token = trim_spaces(rest);
+            let mut blank = token.is_empty();
+            for &b in token {
+                match b {
+                    0x21..=0x7e => {}
+                    b' ' | b'\t' => blank = true,
+                    _ => return Err(not_visible()),
+                }
             }
+            if blank {
+                return Err(not_bearer());
+            }
+            // Visible ASCII only, so this cannot fail.
+            let token = std::str::from_utf8(token).map_err(|_| not_visible())?;
             found = Some(TokenSource {
                 token: token.to_owned(),
                 location: TokenLocation::Header,
             });
+        } else if value.to_str().is_err() {
+            return Err(not_visible());
         }
     }
     if allow_query {
@@ -85,6 +101,16 @@ pub fn extract_token(
         }
     }
     Ok(found)
+}
+
+fn trim_spaces(mut b: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' '] = b {
+        b = rest;
+    }
+    b
 }
 
 /// The query string without any `access_token` parameter (also
@@ -188,8 +214,30 @@ mod tests {
     }
 
     #[test]
+    fn non_ascii_bytes_are_malformed_in_any_scheme() {
+        // HeaderValue admits obs-text (0x80..=0xff), never control bytes.
+        for raw in [&b"Bearer a\xffb"[..], b"Basic \x80x", b"Bearer\x80 a"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_bytes(raw).unwrap());
+            assert_eq!(
+                extract_token(&h, None, false),
+                Err(AuthError::Malformed(
+                    "malformed token: Authorization is not visible ASCII"
+                )),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
     fn empty_or_split_bearer_is_malformed() {
-        for v in ["Bearer", "Bearer ", "Bearer a b"] {
+        for v in [
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a\tb",
+            "Bearer \ta",
+        ] {
             assert!(matches!(
                 extract_token(&with_auth(&[v]), None, false),
                 Err(AuthError::Malformed(_))
