@@ -305,7 +305,6 @@ impl Body for LoggedBody {
     }
 }
 
-/// `2026-11-25T15:04:05.123Z`
 /// The wall-clock start of a request that took `elapsed`: read only when a
 /// line is written, so a gate without an access log reads one clock, not two.
 fn started_at(elapsed: Duration) -> SystemTime {
@@ -313,6 +312,7 @@ fn started_at(elapsed: Duration) -> SystemTime {
     now.checked_sub(elapsed).unwrap_or(now)
 }
 
+/// `2026-11-25T15:04:05.123Z`
 fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
