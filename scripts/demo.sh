@@ -31,12 +31,22 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# A demo HS256 secret and admin token, new each run, and a token for the
+# curl lines below (minted with the venv's PyJWT, as a Python issuer would).
+DEMO_JWT_SECRET="demo-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+DEMO_ADMIN_TOKEN="admin-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export DEMO_JWT_SECRET DEMO_ADMIN_TOKEN
+TOKEN="$(.venv/bin/python -c 'import jwt, os, time
+print(jwt.encode({"sub": "demo-user", "jti": "demo-1", "exp": int(time.time()) + 3600},
+                 os.environ["DEMO_JWT_SECRET"], algorithm="HS256"))')"
+
 cat >"$CONFIG" <<EOF
 threads: 1
 listen:
   - address: 127.0.0.1:$PORT
 admin:
   address: 127.0.0.1:$ADMIN_PORT
+  token_env: DEMO_ADMIN_TOKEN
 trusted_proxies: []
 upstreams:
   app:
@@ -46,10 +56,21 @@ upstreams:
     read_timeout: 30s
 limits: { max_body: 10MiB, max_header_bytes: 16KiB, header_timeout: 10s }
 compression: { algorithms: [br, gzip, zstd] }
+auth:
+  demo:
+    algorithms: [HS256]
+    secret_env: DEMO_JWT_SECRET
+    forward_claims: { sub: X-Auth-Subject }
+rate_limits:
+  per_ip: { key: client_ip, rate: 5/s, burst: 10 }
 routes:
   - path: /hello
     methods: [GET]
     upstream: app
+  - path: /api/{*rest}
+    upstream: app
+    auth: demo
+    rate_limit: per_ip
   - path: /{*rest}
     upstream: app
 EOF
@@ -92,6 +113,13 @@ Try:
   curl -i -X DELETE http://127.0.0.1:$PORT/hello          # 405 from the gate, with Allow
   curl -s -D - -o /dev/null -H 'Accept-Encoding: br' http://127.0.0.1:$PORT/big   # compressed by the gate, not by Python
   curl -s --http2-prior-knowledge http://127.0.0.1:$PORT/echo   # h2c on the same port
+JWT, limits and revocation on /api/ (the worker never sees a refused request):
+  TOKEN=$TOKEN
+  curl -i http://127.0.0.1:$PORT/api/hello                                  # 401 from the gate
+  curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$PORT/api/whoami   # {"sub":"demo-user"}: the verified claim as X-Auth-Subject
+  for i in \$(seq 15); do curl -s -o /dev/null -w '%{http_code} ' -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$PORT/api/hello; done; echo   # 429 past the burst of 10
+  curl -s -X POST -H "Authorization: Bearer $DEMO_ADMIN_TOKEN" -d "{\"token\":\"\$TOKEN\"}" http://127.0.0.1:$ADMIN_PORT/revocations   # revoked until the token's exp, then forgotten
+  curl -i -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$PORT/api/whoami   # 401 revoked
   curl -s http://127.0.0.1:$ADMIN_PORT/readyz
   curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep ^asgi_gate_requests_total
 Logs follow (Ctrl-C stops gate and worker):
