@@ -27,8 +27,9 @@ use crate::websocket;
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    /// The peer's IP (IPv4-mapped as IPv4) as an X-Forwarded-For value, made
-    /// once per connection.
+    /// The peer's IP, IPv4-mapped as IPv4.
+    pub peer_ip: IpAddr,
+    /// `peer_ip` as an X-Forwarded-For value, made once per connection.
     pub peer_value: HeaderValue,
     /// "http" or "https": what the worker is told in X-Forwarded-Proto.
     pub proto: &'static str,
@@ -36,9 +37,11 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, proto: &'static str) -> ConnInfo {
+        let peer_ip = forwarding::canonical(peer.ip());
         ConnInfo {
             peer,
-            peer_value: forwarding::ip_value(forwarding::canonical(peer.ip())),
+            peer_ip,
+            peer_value: forwarding::ip_value(peer_ip),
             proto,
         }
     }
@@ -110,7 +113,7 @@ async fn process(
 
     // 2. Route: path pattern, then method. A CORS preflight is routed by the
     //    method it asks about and, on a route that does CORS, answered here.
-    let client_ip = forwarding::client_ip(conn.peer.ip(), req.headers(), &gate.trusted_proxies);
+    let client_ip = forwarding::client_ip(conn.peer_ip, req.headers(), &gate.trusted_proxies);
     log.client_ip = Some(client_ip);
     let preflight = match req.method() == Method::OPTIONS {
         true => cors::preflight_method(req.headers()),
@@ -170,7 +173,7 @@ async fn process(
     // and only on requests that go on, not on rejections).
     let _ = parts.headers.try_reserve(3);
     forwarding::strip_hop_by_hop(&mut parts.headers, on_upgrade.is_some());
-    let client_value = match client_ip == forwarding::canonical(conn.peer.ip()) {
+    let client_value = match client_ip == conn.peer_ip {
         true => conn.peer_value.clone(),
         false => forwarding::ip_value(client_ip),
     };
