@@ -289,15 +289,20 @@ start_gate() {
     exit 1
 }
 
-# start_floor MODE [SOCK]: the stack's floor (benches/src/bin/hyper_floor.rs:
-# hyper + hyper-util as the gate sets them up, no pipeline) on FLOOR_PORT,
-# built when missing or when the gate is built too. Sets REPLY to its PID.
-start_floor() {
-    local bin="$TARGET_DIR/release/hyper_floor"
-    if ((BUILD_GATE)) || [[ ! -x "$bin" ]]; then
+# ensure_floor: FLOOR_BIN, the stack's floor (benches/src/bin/hyper_floor.rs:
+# hyper + hyper-util as the gate sets them up, no pipeline), built when
+# missing or when the gate is built too.
+FLOOR_BIN="$TARGET_DIR/release/hyper_floor"
+ensure_floor() {
+    if ((BUILD_GATE)) || [[ ! -x "$FLOOR_BIN" ]]; then
         cargo build --release -p asgi-gate-benches --bin hyper_floor >&2 || die "hyper_floor does not build"
     fi
-    start_bg "$TMP/floor.log" "$bin" "$1" "127.0.0.1:$FLOOR_PORT" ${2:+"$2"}
+}
+
+# start_floor MODE [SOCK]: the floor on FLOOR_PORT. Sets REPLY to its PID.
+start_floor() {
+    ensure_floor
+    start_bg "$TMP/floor.log" "$FLOOR_BIN" "$1" "127.0.0.1:$FLOOR_PORT" ${2:+"$2"}
     local pid="$REPLY"
     wait_http "$pid" "http://127.0.0.1:$FLOOR_PORT/healthz" || { show_log "hyper_floor failed to start" "$TMP/floor.log"; exit 1; }
     REPLY="$pid"

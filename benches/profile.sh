@@ -131,10 +131,7 @@ profile_front gate "$GATE_PORT" "$TMP/gate.log" "$GATE_BIN" --no-access-log -c "
 GATE_INSTR="$INSTR" GATE_CYCLES="$CYCLES" GATE_DUMP="$DUMP"
 
 # --- the stack's floor: hyper + hyper-util, no pipeline ---
-FLOOR_BIN="$TARGET_DIR/release/hyper_floor"
-if ((BUILD_GATE)) || [[ ! -x "$FLOOR_BIN" ]]; then
-    cargo build --release -p asgi-gate-benches --bin hyper_floor >&2 || die "hyper_floor does not build"
-fi
+ensure_floor
 profile_front floor "$FLOOR_PORT" "$TMP/floor.log" "$FLOOR_BIN" proxy "127.0.0.1:$FLOOR_PORT" "$SOCK"
 FLOOR_INSTR="$INSTR" FLOOR_CYCLES="$CYCLES"
 
