@@ -2,7 +2,7 @@
 //! ASCII characters), else the gate makes one. Either way the same id goes to
 //! the worker and back to the client.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -27,14 +27,21 @@ pub fn generate() -> HeaderValue {
 /// The id for this request: the client's when sane, else a new one. Exactly
 /// one `X-Request-Id` is left in `headers`.
 pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
-    let mut values = headers.get_all(&X_REQUEST_ID).iter();
-    let kept = match (values.next(), values.next()) {
-        (Some(v), None) if is_sane(v) => Some(v.clone()),
-        _ => None,
-    };
-    let id = kept.unwrap_or_else(generate);
-    headers.insert(X_REQUEST_ID.clone(), id.clone());
-    id
+    // One lookup: this runs on every request.
+    match headers.entry(&X_REQUEST_ID) {
+        Entry::Occupied(mut e) => {
+            let mut values = e.iter();
+            if let (Some(v), None) = (values.next(), values.next()) {
+                if is_sane(v) {
+                    return v.clone();
+                }
+            }
+            let id = generate();
+            e.insert(id.clone());
+            id
+        }
+        Entry::Vacant(e) => e.insert(generate()).clone(),
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! request; every refusal is a `Reject`, turned into a response by
 //! `reject::response` and nowhere else.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::compress;
 use crate::gate::Gate;
 use crate::reject::{self, Reject};
 use crate::router::RouteEntry;
+use crate::shared::SharedLimits;
 use crate::websocket;
 
 /// What the gate knows about the connection a request came on.
@@ -48,12 +50,13 @@ impl ConnInfo {
 }
 
 /// Handles one request; never fails: a refusal is a response too. The
-/// request is logged (and counted) when its response body ends.
+/// request is logged (and counted) when its response body ends. Returns
+/// hyper's service result itself, so that no wrapper future copies this one.
 pub async fn handle(
     gate: Arc<Gate>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
-) -> Response<LoggedBody> {
+) -> Result<Response<LoggedBody>, Infallible> {
     let id = request_id::ensure(req.headers_mut());
     let mut log = RequestLog::start(req.method(), req.uri().path(), id.clone());
     let mut cors = None;
@@ -74,7 +77,7 @@ pub async fn handle(
         security_headers::apply(resp.headers_mut(), policy, conn.proto == "https");
     }
     log.status = resp.status();
-    resp.map(|body| LoggedBody::new(body, log))
+    Ok(resp.map(|body| LoggedBody::new(body, log)))
 }
 
 /// The route's CORS policy and the request's `Origin`, for the response.
@@ -193,9 +196,9 @@ async fn process(
     //    connection, streamed back.
     let mut resp = match &route.static_files {
         Some(files) => {
-            files
-                .serve(&parts.method, parts.uri.path(), &parts.headers)
-                .await?
+            // Boxed, as the other rare paths: the request's future is moved
+            // a few times on its way, so it is kept to what most requests need.
+            Box::pin(files.serve(&parts.method, parts.uri.path(), &parts.headers)).await?
         }
         None => {
             let req = Request::from_parts(parts, RequestBody::new(body, gate.limits.max_body));
@@ -216,7 +219,7 @@ async fn process(
 
     // 7. Compression, and the response headers the policies asked for.
     if let Some((policy, accepted)) = compression {
-        resp = compress::respond(policy, &method, accepted, resp).await?;
+        resp = Box::pin(compress::respond(policy, &method, accepted, resp)).await?;
     }
     if !limit_headers.is_empty() {
         resp.headers_mut().extend(limit_headers);
@@ -326,20 +329,35 @@ async fn rate_limit(
     if limits.is_empty() {
         return Ok(());
     }
-    let claim = |name: &str| claims.and_then(|c| claim_value(c, name));
     let shared = gate
         .shared_limits
         .as_ref()
         .filter(|_| limits.iter().any(|l| l.params().shared));
     let Some(shared) = shared else {
+        let claim = |name: &str| claims.and_then(|c| claim_value(c, name));
         let checks = limits
             .iter()
             .map(|l| (&**l, l.key_for(client_ip, headers, claim)));
         return ratelimit::check_all(checks, allowed_headers)
             .map_err(|refused| Reject::RateLimited(Box::new(refused.headers())));
     };
-    // Some limit is shared: the same order and rules as `check_all`, with
-    // the shared ones counted in Redis.
+    // Boxed: a Redis round trip is a large future, and the common case
+    // (local limits only) should not carry its size.
+    let check = shared_rate_limit(shared, limits, client_ip, headers, claims, allowed_headers);
+    Box::pin(check).await
+}
+
+/// Some limit is shared: the same order and rules as `check_all`, with the
+/// shared ones counted in Redis.
+async fn shared_rate_limit(
+    shared: &SharedLimits,
+    limits: &[Arc<RateLimit>],
+    client_ip: IpAddr,
+    headers: &HeaderMap,
+    claims: Option<&Claims>,
+    allowed_headers: &mut HeaderMap,
+) -> Result<(), Reject> {
+    let claim = |name: &str| claims.and_then(|c| claim_value(c, name));
     for l in limits {
         let local = || l.check(&l.key_for(client_ip, headers, claim));
         let answer = match l.params().shared {
@@ -408,5 +426,49 @@ fn limit_reject(e: LimitError) -> Reject {
         LimitError::HeadersTooLarge { .. } => Reject::HeadersTooLarge,
         LimitError::BodyTooLarge { .. } => Reject::PayloadTooLarge,
         LimitError::BadContentLength => Reject::BadRequest("invalid Content-Length"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a closure returns, without calling it.
+    fn future_size<A, F>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every request's future is written into hyper's slot and its inner
+    /// futures into it: each byte is copied a few times per request. The
+    /// rare paths (a Redis limit, a new worker connection, static files,
+    /// compression) are boxed so that they do not grow it; these bounds
+    /// fail when an await adds a large future to the common path.
+    #[test]
+    fn the_request_future_stays_small() {
+        type Args = (
+            &'static Gate,
+            &'static [Arc<RateLimit>],
+            IpAddr,
+            &'static HeaderMap,
+            Option<&'static Claims>,
+            &'static mut HeaderMap,
+        );
+        let limits = future_size(|(g, l, ip, h, c, out): Args| rate_limit(g, l, ip, h, c, out));
+        assert!(limits <= 128, "rate_limit future: {limits} bytes");
+        type AuthArgs = (
+            &'static Gate,
+            &'static AuthSlot,
+            &'static RouteEntry,
+            IpAddr,
+            &'static mut Request<Incoming>,
+            bool,
+            &'static mut HeaderMap,
+        );
+        let auth = future_size(|(g, s, r, ip, req, ws, out): AuthArgs| {
+            authenticate(g, s, r, ip, req, ws, out)
+        });
+        assert!(auth <= 512, "authenticate future: {auth} bytes");
+        let request = future_size(|(g, c, r)| handle(g, c, r));
+        assert!(request <= 3840, "request future: {request} bytes");
     }
 }

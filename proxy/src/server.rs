@@ -2,7 +2,6 @@
 //! against slow clients, serve HTTP/1.1 and h2c on one port (hyper-util's
 //! auto builder), and drain in-flight requests on SIGTERM/SIGINT.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,11 +217,9 @@ async fn serve_connection<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let svc = service_fn(move |req| {
-        let gate = shared.current();
-        let info = info.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(gate, info, req).await) }
-    });
+    // Shared by the connection's requests: a reference count each, not a copy.
+    let info = Arc::new(info);
+    let svc = service_fn(move |req| pipeline::handle(shared.current(), info.clone(), req));
     let conn = builder.serve_connection_with_upgrades(io, svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, %peer, "connection ended with an error");

@@ -198,13 +198,12 @@ impl Pool {
             .retain(|c| !c.tx.is_closed() && c.since.elapsed() < timeout);
     }
 
-    /// An idle connection (`true`), else a new one. At `max_connections`
-    /// it waits, until `connect_timeout`, for whichever comes first: a
-    /// connection checked in, or a permit freed by one that closed.
-    async fn acquire(&self) -> Result<(Sender, bool), SendError> {
-        if let Some(tx) = self.checkout() {
-            return Ok((tx, true));
-        }
+    /// A new connection (`false`), or an idle one (`true`) checked in while
+    /// waiting at `max_connections`: it waits, until `connect_timeout`, for
+    /// whichever comes first, a connection checked in or a permit freed by
+    /// one that closed. Boxed by its caller: it is the rare path, and its
+    /// future is large (the connect, the handshake, the wait).
+    async fn connect(&self) -> Result<(Sender, bool), SendError> {
         let c = &self.connector;
         let deadline = tokio::time::Instant::now() + c.connect_timeout;
         let permit = match c.permits.clone().try_acquire_owned() {
@@ -253,7 +252,10 @@ impl Pool {
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         loop {
-            let (mut tx, reused) = self.acquire().await?;
+            let (mut tx, reused) = match self.checkout() {
+                Some(tx) => (tx, true),
+                None => Box::pin(self.connect()).await?,
+            };
             if reused && !tx.is_ready() && tx.ready().await.is_err() {
                 continue;
             }
