@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Cost of the gate's hop on `hello` (GET /hello), against nginx's: instructions
-# (and cycles, when the machine has the counters) per request, measured on the
-# proxy process alone, the uvicorn worker behind it not counted. The stack's
-# floor (benches/src/bin/hyper_floor.rs: hyper + hyper-util as the gate sets
-# them up, no pipeline) is measured the same way, so the gate's count splits
-# into the stack's and the pipeline's.
+# Cost of the gate's hop against nginx's: instructions (and cycles, when the
+# machine has the counters) per request, measured on the proxy process alone,
+# the uvicorn worker behind it not counted. Two cases: `hello` (GET /hello,
+# proxied) and `reject` (GET /api/hello with a JWT signed with another key:
+# the gate verifies it and answers 401; nginx answers `return 401` without
+# looking at it). The stack's floor (benches/src/bin/hyper_floor.rs: hyper +
+# hyper-util as the gate sets them up, no pipeline) is measured the same way,
+# so the gate's count splits into the stack's and the pipeline's.
 #
 #   bash benches/profile.sh            # N=5000 requests, h2load --h1 -c 8
+#   CASES=hello bash benches/profile.sh
 #
 # With hardware counters (`perf stat -e instructions true` works): perf stat
 # -e instructions,cycles on the running proxy during a bounded h2load run.
@@ -16,7 +19,7 @@
 # then the gate's top functions (callgrind_annotate). nginx runs under the same
 # tool with master_process off (one process). Writes benches/results/profile.md.
 #
-# Env: N (5000), WARM (500), PCONNS (8), TOOL (auto | perf | callgrind),
+# Env: CASES (hello reject), N (5000), WARM (500), PCONNS (8), TOOL (auto | perf | callgrind),
 #      GATE_BIN, OUT_DIR, GATE_PORT, NGINX_PORT, ADMIN_PORT, KEEP_TMP=1.
 set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,7 +33,8 @@ N="${N:-5000}"
 WARM="${WARM:-500}"
 PCONNS="${PCONNS:-8}"
 TOOL="${TOOL:-auto}"
-COMMAND="N=$N WARM=$WARM PCONNS=$PCONNS TOOL=$TOOL ${GATE_BIN_GIVEN:+GATE_BIN=$GATE_BIN_GIVEN }bash benches/profile.sh"
+CASES="${CASES:-hello reject}"
+COMMAND="CASES='$CASES' N=$N WARM=$WARM PCONNS=$PCONNS TOOL=$TOOL ${GATE_BIN_GIVEN:+GATE_BIN=$GATE_BIN_GIVEN }bash benches/profile.sh"
 
 ensure_tools curl:curl h2load:nghttp2-client nginx:nginx-light
 if [[ "$TOOL" == auto ]]; then
@@ -53,13 +57,16 @@ SOCK="$TMP/app.sock"
 start_uvicorn_uds app "$SOCK"
 UDS_PID="$REPLY"
 
-# load PORT COUNT: a bounded number of requests, HTTP/1.1, PCONNS connections.
+# load PORT COUNT: a bounded number of requests to $URL_PATH (with the
+# headers in LOAD_H), HTTP/1.1, PCONNS connections; every answer must be
+# $EXPECT (2xx or 4xx).
 load() {
-    timeout -k 5 600 h2load -t 1 --h1 -c "$PCONNS" -m 1 -n "$2" "http://127.0.0.1:$1/hello" >"$TMP/h2load-$1-$2.txt" 2>&1 \
-        || { log "h2load failed:"; cat "$TMP/h2load-$1-$2.txt" >&2; exit 1; }
+    local out="$TMP/h2load-$1-$2.txt"
+    timeout -k 5 600 h2load -t 1 --h1 -c "$PCONNS" -m 1 -n "$2" "${LOAD_H[@]}" "http://127.0.0.1:$1$URL_PATH" >"$out" 2>&1 \
+        || { log "h2load failed:"; cat "$out" >&2; exit 1; }
     local ok
-    ok="$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' "$TMP/h2load-$1-$2.txt")"
-    [[ "$ok" == "$2" ]] || { log "only ${ok:-0} of $2 requests got 2xx"; cat "$TMP/h2load-$1-$2.txt" >&2; exit 1; }
+    ok="$(awk -v want="$EXPECT" '/^status codes:/ { for (i = 3; i <= NF; i++) if ($(i+1) ~ "^" want) print $i }' "$out")"
+    [[ "$ok" == "$2" ]] || { log "only ${ok:-0} of $2 requests got $EXPECT"; cat "$out" >&2; exit 1; }
 }
 
 # Waits for a front that runs under valgrind (slow to start).
@@ -111,94 +118,129 @@ vg() {
 }
 
 # profile_front NAME PORT LOG CMD...: starts CMD under the tool, waits for
-# GET /hello on PORT, measures it (INSTR, CYCLES, DUMP), stops it.
+# GET /healthz on PORT, measures it (INSTR, CYCLES, DUMP), stops it.
 profile_front() {
     local name="$1" port="$2" logf="$3" pid
     shift 3
     vg "$name"
     start_bg "$logf" "${VG[@]}" "$@"
     pid="$REPLY"
-    wait_slow "$pid" "http://127.0.0.1:$port/hello" || { show_log "$name failed to start" "$logf"; exit 1; }
+    wait_slow "$pid" "http://127.0.0.1:$port/healthz" || { show_log "$name failed to start" "$logf"; exit 1; }
     measure_front "$name" "$port" "$pid"
     kill_wait "$pid"
     forget_pid "$pid"
 }
 
-# --- gate ---
-gate_yaml "$TMP/gate.yaml" "$GATE_PORT" "$ADMIN_PORT"
-# nginx has access_log off: the gate runs without its access log too.
-profile_front gate "$GATE_PORT" "$TMP/gate.log" "$GATE_BIN" --no-access-log -c "$TMP/gate.yaml"
-GATE_INSTR="$INSTR" GATE_CYCLES="$CYCLES" GATE_DUMP="$DUMP"
+# profile_case CASE: the three fronts on one case; results in
+# <FRONT>_INSTR_<CASE>, <FRONT>_CYCLES_<CASE>, and the gate's and the
+# floor's callgrind dumps in GATE_DUMP_<CASE>, FLOOR_DUMP_<CASE>.
+profile_case() {
+    local case="$1" floor_mode dir
+    LOAD_H=()
+    EXPECT=2xx URL_PATH=/hello
+    # nginx has access_log off: the gate runs without its access log too.
+    if [[ "$case" == reject ]]; then
+        EXPECT=4xx URL_PATH=/api/hello
+        LOAD_H=(-H "Authorization: Bearer $BAD_JWT_TOKEN")
+        gate_401_yaml "$TMP/gate-$case.yaml" "$GATE_PORT" "$ADMIN_PORT"
+        floor_mode=(reject "127.0.0.1:$FLOOR_PORT")
+        write_nginx_conf "$SOCK" "" "$NGINX_401_LOCATION" "" "master_process off;"
+    else
+        gate_yaml "$TMP/gate-$case.yaml" "$GATE_PORT" "$ADMIN_PORT"
+        floor_mode=(proxy "127.0.0.1:$FLOOR_PORT" "$SOCK")
+        write_nginx_conf "$SOCK" "" "" "" "master_process off;"
+    fi
+    dir="$REPLY"
+    profile_front "gate-$case" "$GATE_PORT" "$TMP/gate-$case.log" "$GATE_BIN" --no-access-log -c "$TMP/gate-$case.yaml"
+    printf -v "GATE_INSTR_$case" %s "$INSTR"
+    printf -v "GATE_CYCLES_$case" %s "$CYCLES"
+    printf -v "GATE_DUMP_$case" %s "$DUMP"
+    profile_front "floor-$case" "$FLOOR_PORT" "$TMP/floor-$case.log" "$FLOOR_BIN" "${floor_mode[@]}"
+    printf -v "FLOOR_INSTR_$case" %s "$INSTR"
+    printf -v "FLOOR_CYCLES_$case" %s "$CYCLES"
+    printf -v "FLOOR_DUMP_$case" %s "$DUMP"
+    # nginx: one process (no master), the same config as in run.sh.
+    profile_front "nginx-$case" "$NGINX_PORT" "$dir/stdout.log" "$(nginx_bin_path)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+    printf -v "NGINX_INSTR_$case" %s "$INSTR"
+    printf -v "NGINX_CYCLES_$case" %s "$CYCLES"
+}
 
-# --- the stack's floor: hyper + hyper-util, no pipeline ---
 ensure_floor
-profile_front floor "$FLOOR_PORT" "$TMP/floor.log" "$FLOOR_BIN" proxy "127.0.0.1:$FLOOR_PORT" "$SOCK"
-FLOOR_INSTR="$INSTR" FLOOR_CYCLES="$CYCLES"
-
-# --- nginx: one process (no master), the same config as in run.sh ---
-write_nginx_conf "$SOCK" "" "" "" "master_process off;"
-dir="$REPLY"
-profile_front nginx "$NGINX_PORT" "$dir/stdout.log" "$(nginx_bin_path)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
-NGINX_INSTR="$INSTR" NGINX_CYCLES="$CYCLES"
+JWT_SECRET="profile-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export JWT_SECRET
+BAD_JWT_TOKEN="$(mint_jwt "not-the-$JWT_SECRET")"
+for case in $CASES; do
+    [[ "$case" == hello || "$case" == reject ]] || die "unknown case $case (hello, reject)"
+    profile_case "$case"
+done
 
 # --- report ---
-top=""
-if [[ "$TOOL" == callgrind ]]; then
+per() { [[ -n "$1" ]] && awk -v a="$1" -v n="$N" 'BEGIN { printf "%.0f", a / n }' || echo "n/a"; }
+ratio() { [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo "n/a"; }
+# top DUMP: the gate's top functions, own instructions then inclusive.
+top() {
     # After a zeroing, the frames open on the stack at that moment show their
     # inclusive cost as their own: leave out those (>= 50%) in the exclusive view.
-    top="$(callgrind_annotate --inclusive=no --threshold=100 "$GATE_DUMP" 2>/dev/null |
+    local own incl
+    own="$(callgrind_annotate --inclusive=no --threshold=100 "$1" 2>/dev/null |
         sed -n '/file:function/,$p' | grep -v '^-*$' |
         awk 'match($0, /\( *[0-9.]+%\)/) { p = substr($0, RSTART + 1, RLENGTH - 3) + 0; if (p >= 50) next } { print }' |
         head -n 31 || true)"
-    top_incl="$(callgrind_annotate --inclusive=yes "$GATE_DUMP" 2>/dev/null | sed -n '/^Ir/,$p' | grep -v '^-*$' | head -n 32 || true)"
-fi
-per() { [[ -n "$1" ]] && awk -v a="$1" -v n="$N" 'BEGIN { printf "%.0f", a / n }' || echo "n/a"; }
-ratio() { [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo "n/a"; }
+    incl="$(callgrind_annotate --inclusive=yes "$1" 2>/dev/null | sed -n '/^Ir/,$p' | grep -v '^-*$' | head -n 32 || true)"
+    printf '<details><summary>%s: top functions by own instructions (callgrind_annotate --inclusive=no)</summary>\n\n```\n%s\n```\n\n</details>\n\n' "$2" "$own"
+    printf '<details><summary>%s: top functions, inclusive</summary>\n\n```\n%s\n```\n\n</details>\n' "$2" "$incl"
+}
+# table CASE TITLE
+table() {
+    local g="GATE_INSTR_$1" n="NGINX_INSTR_$1" f="FLOOR_INSTR_$1"
+    local gc="GATE_CYCLES_$1" nc="NGINX_CYCLES_$1" fc="FLOOR_CYCLES_$1"
+    echo "### $2"
+    echo
+    echo "| front | instructions/request | cycles/request |"
+    echo "| --- | --- | --- |"
+    echo "| gate | $(per "${!g}") | $(per "${!gc}") |"
+    echo "| nginx | $(per "${!n}") | $(per "${!nc}") |"
+    echo "| hyper (the stack's floor, no pipeline) | $(per "${!f}") | $(per "${!fc}") |"
+    echo "| gate / nginx | $(ratio "${!g}" "${!n}") | $(ratio "${!gc}" "${!nc}") |"
+    echo "| hyper / nginx | $(ratio "${!f}" "${!n}") | $(ratio "${!fc}" "${!nc}") |"
+    echo "| gate / hyper (the pipeline's share) | $(ratio "${!g}" "${!f}") | $(ratio "${!gc}" "${!fc}") |"
+    echo
+}
 {
-    echo "# Cost of one proxied request (GET /hello): gate vs the bare stack vs nginx"
+    echo "# Cost of one request: gate vs the bare stack vs nginx"
     echo
     echo "- machine: $META_MACHINE"
     echo "- date: $META_DATE"
     echo "- commit: $META_COMMIT"
     echo "- command: \`$COMMAND\`"
     echo "- tool: $TOOL$([[ "$TOOL" == callgrind ]] && echo " (valgrind $(valgrind --version | sed 's/valgrind-//'); this machine has no hardware counters for perf)")"
-    echo "- load: h2load --h1 -c $PCONNS -n $N http://127.0.0.1:PORT/hello after $WARM warm-up requests; counted on the proxy process only (gate: threads: 1; hyper_floor: the same runtime and server builder, one worker connection per client connection; nginx: master_process off, 1 process, upstream keepalive 64); the same uvicorn worker on a Unix socket behind all three"
-    [[ "$TOOL" == callgrind ]] && echo "- callgrind counts user-space instructions only: the kernel's share (syscalls, TCP and Unix-socket I/O) is not in these figures for either front"
+    echo "- load: h2load --h1 -c $PCONNS -n $N after $WARM warm-up requests; counted on the proxy process only (gate: threads: 1; hyper_floor: the same runtime and server builder; nginx: master_process off, 1 process, upstream keepalive 64); the same uvicorn worker on a Unix socket behind all three"
+    [[ "$TOOL" == callgrind ]] && echo "- callgrind counts user-space instructions only: the kernel's share (syscalls, TCP and Unix-socket I/O) is not in these figures for either front; valgrind hides the CPU's SHA extensions, so SHA-256 (the JWT's HMAC, the token cache's digest) runs in software here and costs several times what it does natively"
     echo
-    echo "| front | instructions/request | cycles/request |"
-    echo "| --- | --- | --- |"
-    echo "| gate | $(per "$GATE_INSTR") | $(per "$GATE_CYCLES") |"
-    echo "| nginx | $(per "$NGINX_INSTR") | $(per "$NGINX_CYCLES") |"
-    echo "| hyper (the stack's floor, no pipeline) | $(per "$FLOOR_INSTR") | $(per "$FLOOR_CYCLES") |"
-    echo "| gate / nginx | $(ratio "$GATE_INSTR" "$NGINX_INSTR") | $(ratio "$GATE_CYCLES" "$NGINX_CYCLES") |"
-    echo "| hyper / nginx | $(ratio "$FLOOR_INSTR" "$NGINX_INSTR") | $(ratio "$FLOOR_CYCLES" "$NGINX_CYCLES") |"
-    echo "| gate / hyper (the pipeline's share) | $(ratio "$GATE_INSTR" "$FLOOR_INSTR") | $(ratio "$GATE_CYCLES" "$FLOOR_CYCLES") |"
-    echo
+    for case in $CASES; do
+        case "$case" in
+        hello) table hello "hello: GET /hello, proxied to the worker (hyper: one worker connection per client connection)" ;;
+        reject) table reject "reject: GET /api/hello with an HS256 JWT signed with another key → 401 (the gate verifies it; nginx \`return 401\` and hyper answer without reading it)" ;;
+        esac
+    done
     echo "Target (issue 8): the gate's cost per request at or below nginx's (ratio ≤ 1)."
-    if [[ -n "$top" ]]; then
-        echo
-        echo "<details><summary>gate: top functions by own instructions (callgrind_annotate --inclusive=no)</summary>"
-        echo
-        echo '```'
-        echo "$top"
-        echo '```'
-        echo
-        echo "</details>"
-        echo
-        echo "<details><summary>gate: top functions, inclusive</summary>"
-        echo
-        echo '```'
-        echo "$top_incl"
-        echo '```'
-        echo
-        echo "</details>"
+    if [[ "$TOOL" == callgrind ]]; then
+        for case in $CASES; do
+            d="GATE_DUMP_$case"
+            echo
+            top "${!d}" "gate, $case"
+        done
     fi
 } >"$OUT_DIR/profile.md"
 cat "$OUT_DIR/profile.md"
-if [[ -n "$GATE_DUMP" ]]; then
+if [[ "$TOOL" == callgrind ]]; then
     # For callgrind_annotate / kcachegrind; benches/results/tmp/ is not committed.
     mkdir -p "$OUT_DIR/tmp"
-    cp "$GATE_DUMP" "$OUT_DIR/tmp/callgrind.gate.out"
-    log "the gate's callgrind dump: ${OUT_DIR#"$REPO"/}/tmp/callgrind.gate.out"
+    for case in $CASES; do
+        g="GATE_DUMP_$case" f="FLOOR_DUMP_$case"
+        cp "${!g}" "$OUT_DIR/tmp/callgrind.gate-$case.out"
+        cp "${!f}" "$OUT_DIR/tmp/callgrind.floor-$case.out"
+    done
+    log "callgrind dumps: ${OUT_DIR#"$REPO"/}/tmp/callgrind.{gate,floor}-{$(echo $CASES | tr ' ' ,)}.out"
 fi
 log "wrote ${OUT_DIR#"$REPO"/}/profile.md"

@@ -30,6 +30,31 @@ $routes
 YAML
 }
 
+# gate_401_yaml FILE PORT ADMIN_PORT: a gate with an HS256 policy (secret in
+# $JWT_SECRET) on /api/, so a token signed with another key gets its 401.
+gate_401_yaml() {
+    gate_yaml "$1" "$2" "$3" "auth:
+  default:
+    algorithms: [HS256]
+    secret_env: JWT_SECRET" "  - path: /api/{*rest}
+    upstream: app
+    auth: default
+  - path: /{*rest}
+    upstream: app
+  - path: /
+    upstream: app"
+}
+
+# nginx's /api/ when it stands for the gate's 401: `return 401` with the
+# gate's JSON body and headers (it checks no token at all).
+NGINX_401_LOCATION="        location /api/ {
+            default_type application/json;
+            add_header WWW-Authenticate 'Bearer realm=\"asgi-gate\", error=\"invalid_token\"' always;
+            add_header X-Request-Id \$request_id always;
+            add_header Cache-Control no-store always;
+            return 401 '{\"error\":\"invalid_token\",\"detail\":\"the token is not valid\"}';
+        }"
+
 # try_gate NAME PORT YAML: start it; when this build refuses a section, print
 # "SKIPPED: gate lacks <sections>", note it and return 1 (the scenario goes on
 # without that front).

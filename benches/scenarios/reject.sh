@@ -12,16 +12,9 @@ scenario_reject() {
     DESC+=("every answer must be the expected code: wrk counts statuses >= 400 alike, so each run must have all its answers >= 400 and a request by hand after it must get the exact code")
     start_uvicorn_uds app "$SOCK"
     local uds="$REPLY"
-    local body401='{"error":"invalid_token","detail":"the token is not valid"}'
     local body429='{"error":"rate_limited","detail":"too many requests"}'
     if want nginx; then
-        start_nginx "$SOCK" "    limit_req_zone \$binary_remote_addr zone=one:1m rate=1r/m;" "        location /api/ {
-            default_type application/json;
-            add_header WWW-Authenticate 'Bearer realm=\"asgi-gate\", error=\"invalid_token\"' always;
-            add_header X-Request-Id \$request_id always;
-            add_header Cache-Control no-store always;
-            return 401 '$body401';
-        }
+        start_nginx "$SOCK" "    limit_req_zone \$binary_remote_addr zone=one:1m rate=1r/m;" "$NGINX_401_LOCATION
         location = /limited {
             limit_req zone=one;
             limit_req_status 429;
@@ -37,16 +30,7 @@ scenario_reject() {
     CASES+=("401=invalid JWT on /api/hello")
     local -a fronts=()
     if want gate; then
-        gate_yaml "$TMP/reject/gate.yaml" "$GATE_PORT" "$ADMIN_PORT" "auth:
-  default:
-    algorithms: [HS256]
-    secret_env: JWT_SECRET" "  - path: /api/{*rest}
-    upstream: app
-    auth: default
-  - path: /{*rest}
-    upstream: app
-  - path: /
-    upstream: app"
+        gate_401_yaml "$TMP/reject/gate.yaml" "$GATE_PORT" "$ADMIN_PORT"
         if try_gate gate "$GATE_PORT" "$TMP/reject/gate.yaml"; then
             add_front gate wrk "http://127.0.0.1:$GATE_PORT/api/hello" 401 "$REPLY" "$uds" "asgi-gate (threads: 1) with an HS256 policy on /api/"
             fronts+=(gate)
