@@ -142,15 +142,12 @@ async fn process(
 
     // 3. Rate limits keyed by client IP or header, before any token work.
     let mut limit_headers = HeaderMap::new();
-    rate_limit(
-        gate,
-        &route.limits_before_auth,
+    let keys = LimitKeys {
         client_ip,
-        req.headers(),
-        None,
-        &mut limit_headers,
-    )
-    .await?;
+        headers: req.headers(),
+        claims: None,
+    };
+    rate_limit(gate, &route.limits_before_auth, keys, &mut limit_headers).await?;
 
     // 4. Identity: claim headers are the gate's alone, on every route; then
     //    the JWT, revocation, scopes and the limits keyed by claims.
@@ -267,15 +264,12 @@ async fn authenticate(
         .check_token(&claims, &token.token, now)?;
     jwt::check_scopes(&claims, &route.conf.scopes)?;
     let forwarded = jwt::forward_headers(&claims, policy.forward_claims())?;
-    rate_limit(
-        gate,
-        &route.limits_after_auth,
+    let keys = LimitKeys {
         client_ip,
-        req.headers(),
-        Some(&claims),
-        limit_headers,
-    )
-    .await?;
+        headers: req.headers(),
+        claims: Some(&claims),
+    };
+    rate_limit(gate, &route.limits_after_auth, keys, limit_headers).await?;
     if token.location == TokenLocation::Query {
         *req.uri_mut() = without_access_token(req.uri())?;
     }
@@ -317,13 +311,28 @@ fn claim_value<'c>(claims: &'c Claims, name: &str) -> Option<ClaimValue<'c>> {
     }
 }
 
+/// What a request's rate-limit keys are made of.
+#[derive(Clone, Copy)]
+struct LimitKeys<'r> {
+    client_ip: IpAddr,
+    headers: &'r HeaderMap,
+    /// The verified claims, for the limits checked after the JWT.
+    claims: Option<&'r Claims>,
+}
+
+impl<'r> LimitKeys<'r> {
+    fn local(&self, l: &RateLimit) -> ratelimit::Key {
+        l.key_for(self.client_ip, self.headers, |name| {
+            self.claims.and_then(|c| claim_value(c, name))
+        })
+    }
+}
+
 /// All the limits must allow; the first that refuses answers 429.
 async fn rate_limit(
     gate: &Gate,
     limits: &[Arc<RateLimit>],
-    client_ip: IpAddr,
-    headers: &HeaderMap,
-    claims: Option<&Claims>,
+    keys: LimitKeys<'_>,
     allowed_headers: &mut HeaderMap,
 ) -> Result<(), Reject> {
     if limits.is_empty() {
@@ -334,16 +343,13 @@ async fn rate_limit(
         .as_ref()
         .filter(|_| limits.iter().any(|l| l.params().shared));
     let Some(shared) = shared else {
-        let claim = |name: &str| claims.and_then(|c| claim_value(c, name));
-        let checks = limits
-            .iter()
-            .map(|l| (&**l, l.key_for(client_ip, headers, claim)));
+        let checks = limits.iter().map(|l| (&**l, keys.local(l)));
         return ratelimit::check_all(checks, allowed_headers)
             .map_err(|refused| Reject::RateLimited(Box::new(refused.headers())));
     };
     // Boxed: a Redis round trip is a large future, and the common case
     // (local limits only) should not carry its size.
-    let check = shared_rate_limit(shared, limits, client_ip, headers, claims, allowed_headers);
+    let check = shared_rate_limit(shared, limits, keys, allowed_headers);
     Box::pin(check).await
 }
 
@@ -352,17 +358,15 @@ async fn rate_limit(
 async fn shared_rate_limit(
     shared: &SharedLimits,
     limits: &[Arc<RateLimit>],
-    client_ip: IpAddr,
-    headers: &HeaderMap,
-    claims: Option<&Claims>,
+    keys: LimitKeys<'_>,
     allowed_headers: &mut HeaderMap,
 ) -> Result<(), Reject> {
-    let claim = |name: &str| claims.and_then(|c| claim_value(c, name));
+    let claim = |name: &str| keys.claims.and_then(|c| claim_value(c, name));
     for l in limits {
-        let local = || l.check(&l.key_for(client_ip, headers, claim));
+        let local = || l.check(&keys.local(l));
         let answer = match l.params().shared {
             true => {
-                let key = l.shared_key(client_ip, headers, claim);
+                let key = l.shared_key(keys.client_ip, keys.headers, claim);
                 shared.check(l, &key, local).await
             }
             false => local(),
@@ -448,12 +452,10 @@ mod tests {
         type Args = (
             &'static Gate,
             &'static [Arc<RateLimit>],
-            IpAddr,
-            &'static HeaderMap,
-            Option<&'static Claims>,
+            LimitKeys<'static>,
             &'static mut HeaderMap,
         );
-        let limits = future_size(|(g, l, ip, h, c, out): Args| rate_limit(g, l, ip, h, c, out));
+        let limits = future_size(|(g, l, k, out): Args| rate_limit(g, l, k, out));
         assert!(limits <= 128, "rate_limit future: {limits} bytes");
         type AuthArgs = (
             &'static Gate,
