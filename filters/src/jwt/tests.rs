@@ -40,6 +40,13 @@ fn hs(alg: Algorithm, claims: &serde_json::Value) -> String {
     mint(alg, None, &EncodingKey::from_secret(SECRET), claims)
 }
 
+/// `msg` (header.payload, whatever they hold) with its HS256 signature.
+fn signed_hs256(msg: &str) -> String {
+    let key = EncodingKey::from_secret(SECRET);
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
+    format!("{msg}.{sig}")
+}
+
 fn valid_claims() -> serde_json::Value {
     json!({"sub": "user-1", "exp": NOW + 600, "iat": NOW, "jti": "j-1"})
 }
@@ -247,26 +254,14 @@ fn malformed_tokens_never_panic() {
     }
     // Payload that is not JSON but correctly signed still fails cleanly.
     let msg = format!("{h}.{}", URL_SAFE_NO_PAD.encode(b"{{{{"));
-    let sig = jsonwebtoken::crypto::sign(
-        msg.as_bytes(),
-        &EncodingKey::from_secret(SECRET),
-        Algorithm::HS256,
-    )
-    .unwrap();
     assert!(matches!(
-        p.verify(&format!("{msg}.{sig}"), NOW),
+        p.verify(&signed_hs256(&msg), NOW),
         Err(AuthError::Malformed(_))
     ));
     // Deeply nested JSON, correctly signed: bounded, no stack overflow.
     let msg = format!("{h}.{}", URL_SAFE_NO_PAD.encode("[".repeat(5000)));
-    let sig = jsonwebtoken::crypto::sign(
-        msg.as_bytes(),
-        &EncodingKey::from_secret(SECRET),
-        Algorithm::HS256,
-    )
-    .unwrap();
     assert!(matches!(
-        p.verify(&format!("{msg}.{sig}"), NOW),
+        p.verify(&signed_hs256(&msg), NOW),
         Err(AuthError::Malformed(_))
     ));
 }
@@ -279,14 +274,8 @@ fn crit_header_refused() {
         b64(&json!({"alg": "HS256", "crit": ["b64"], "b64": false})),
         b64(&valid_claims())
     );
-    let sig = jsonwebtoken::crypto::sign(
-        msg.as_bytes(),
-        &EncodingKey::from_secret(SECRET),
-        Algorithm::HS256,
-    )
-    .unwrap();
     assert!(matches!(
-        p.verify(&format!("{msg}.{sig}"), NOW),
+        p.verify(&signed_hs256(&msg), NOW),
         Err(AuthError::Malformed(_))
     ));
 }
