@@ -321,10 +321,12 @@ struct LimitKeys<'r> {
 }
 
 impl<'r> LimitKeys<'r> {
+    fn claim(&self, name: &str) -> Option<ClaimValue<'r>> {
+        self.claims.and_then(|c| claim_value(c, name))
+    }
+
     fn local(&self, l: &RateLimit) -> ratelimit::Key {
-        l.key_for(self.client_ip, self.headers, |name| {
-            self.claims.and_then(|c| claim_value(c, name))
-        })
+        l.key_for(self.client_ip, self.headers, |name| self.claim(name))
     }
 }
 
@@ -361,12 +363,11 @@ async fn shared_rate_limit(
     keys: LimitKeys<'_>,
     allowed_headers: &mut HeaderMap,
 ) -> Result<(), Reject> {
-    let claim = |name: &str| keys.claims.and_then(|c| claim_value(c, name));
     for l in limits {
         let local = || l.check(&keys.local(l));
         let answer = match l.params().shared {
             true => {
-                let key = l.shared_key(keys.client_ip, keys.headers, claim);
+                let key = l.shared_key(keys.client_ip, keys.headers, |n| keys.claim(n));
                 shared.check(l, &key, local).await
             }
             false => local(),
