@@ -511,6 +511,16 @@ set_headers() {
 }
 
 # --- JWT --------------------------------------------------------------------------
+# bench_jwts: a fresh HS256 secret in JWT_SECRET (exported: the gate's
+# secret_env and the stack read it), a token it signs in JWT_TOKEN and one
+# signed with another key in BAD_JWT_TOKEN.
+bench_jwts() {
+    JWT_SECRET="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    export JWT_SECRET
+    JWT_TOKEN="$(mint_jwt "$JWT_SECRET")"
+    BAD_JWT_TOKEN="$(mint_jwt "not-the-$JWT_SECRET")"
+}
+
 # mint_jwt SECRET: HS256, sub "bench", scope "api", exp a year ahead.
 mint_jwt() {
     "$PYVENV/bin/python" - "$1" <<'PY'

@@ -131,14 +131,19 @@ profile_front() {
     forget_pid "$pid"
 }
 
-# profile_case CASE: the three fronts on one case; results in
-# <FRONT>_INSTR_<CASE>, <FRONT>_CYCLES_<CASE>, and the gate's and the
-# floor's callgrind dumps in GATE_DUMP_<CASE>, FLOOR_DUMP_<CASE>.
+# keep FRONT CASE: the last measurement (INSTR, CYCLES, DUMP) into
+# FRONT_INSTR_CASE, FRONT_CYCLES_CASE, FRONT_DUMP_CASE.
+keep() {
+    printf -v "$1_INSTR_$2" %s "$INSTR"
+    printf -v "$1_CYCLES_$2" %s "$CYCLES"
+    printf -v "$1_DUMP_$2" %s "$DUMP"
+}
+
+# profile_case CASE: the three fronts on one case, each kept (GATE, FLOOR, NGINX).
 profile_case() {
     local case="$1" floor_mode dir
     LOAD_H=()
     EXPECT=2xx URL_PATH=/hello
-    # nginx has access_log off: the gate runs without its access log too.
     if [[ "$case" == reject ]]; then
         EXPECT=4xx URL_PATH=/api/hello
         LOAD_H=(-H "Authorization: Bearer $BAD_JWT_TOKEN")
@@ -151,24 +156,18 @@ profile_case() {
         write_nginx_conf "$SOCK" "" "" "" "master_process off;"
     fi
     dir="$REPLY"
+    # nginx has access_log off: the gate runs without its access log too.
     profile_front "gate-$case" "$GATE_PORT" "$TMP/gate-$case.log" "$GATE_BIN" --no-access-log -c "$TMP/gate-$case.yaml"
-    printf -v "GATE_INSTR_$case" %s "$INSTR"
-    printf -v "GATE_CYCLES_$case" %s "$CYCLES"
-    printf -v "GATE_DUMP_$case" %s "$DUMP"
+    keep GATE "$case"
     profile_front "floor-$case" "$FLOOR_PORT" "$TMP/floor-$case.log" "$FLOOR_BIN" "${floor_mode[@]}"
-    printf -v "FLOOR_INSTR_$case" %s "$INSTR"
-    printf -v "FLOOR_CYCLES_$case" %s "$CYCLES"
-    printf -v "FLOOR_DUMP_$case" %s "$DUMP"
+    keep FLOOR "$case"
     # nginx: one process (no master), the same config as in run.sh.
     profile_front "nginx-$case" "$NGINX_PORT" "$dir/stdout.log" "$(nginx_bin_path)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
-    printf -v "NGINX_INSTR_$case" %s "$INSTR"
-    printf -v "NGINX_CYCLES_$case" %s "$CYCLES"
+    keep NGINX "$case"
 }
 
 ensure_floor
-JWT_SECRET="profile-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-export JWT_SECRET
-BAD_JWT_TOKEN="$(mint_jwt "not-the-$JWT_SECRET")"
+bench_jwts
 for case in $CASES; do
     [[ "$case" == hello || "$case" == reject ]] || die "unknown case $case (hello, reject)"
     profile_case "$case"
@@ -177,7 +176,7 @@ done
 # --- report ---
 per() { [[ -n "$1" ]] && awk -v a="$1" -v n="$N" 'BEGIN { printf "%.0f", a / n }' || echo "n/a"; }
 ratio() { [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo "n/a"; }
-# top DUMP: the gate's top functions, own instructions then inclusive.
+# top DUMP TITLE: the dump's top functions, own instructions then inclusive.
 top() {
     # After a zeroing, the frames open on the stack at that moment show their
     # inclusive cost as their own: leave out those (>= 50%) in the exclusive view.

@@ -66,10 +66,7 @@ machine_meta
 mkdir -p "$OUT_DIR"
 
 # One secret for the gate (secret_env) and the stack; tokens minted with PyJWT.
-JWT_SECRET="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-export JWT_SECRET
-JWT_TOKEN="$(mint_jwt "$JWT_SECRET")"
-BAD_JWT_TOKEN="$(mint_jwt "not-the-$JWT_SECRET")"
+bench_jwts
 
 log "scenarios: ${SCENARIOS[*]}; $REPS reps of $DURATION per front (+ warm-up $WARMUP); results in $OUT_DIR"
 
