@@ -18,6 +18,8 @@
 //! | `compression.levels` | gzip 6, br 4, zstd 3 |
 //! | `cors.allow_methods` | GET, HEAD, POST |
 //! | `limits` | max_body 10MiB, max_header_bytes 16KiB, header_timeout 10s |
+//! | `paths.encoded_slash` | reject |
+//! | `headers.underscores` | owned |
 //! | `shutdown_grace` | 30s |
 //!
 //! `security_headers` adds only what is written; `compression: true` means
@@ -165,6 +167,8 @@ pub fn supervised_default() -> Config {
         https_redirect: false,
         security_headers: None,
         limits: limits(),
+        paths: PathRules::default(),
+        headers: HeaderRules::default(),
         shutdown_grace: SHUTDOWN_GRACE,
         routes: vec![app_route("/"), app_route("/{*rest}")],
     }

@@ -28,6 +28,8 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "https_redirect",
     "security_headers",
     "limits",
+    "paths",
+    "headers",
     "routes",
     "shutdown_grace",
 ];
@@ -191,6 +193,18 @@ pub struct RawLimits {
     pub max_body: Option<Size>,
     pub max_header_bytes: Option<Size>,
     pub header_timeout: Option<Dur>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaths {
+    pub encoded_slash: Option<String>,
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    pub underscores: Option<String>,
 }
 
 #[derive(Debug, DeriveDeserialize)]

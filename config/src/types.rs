@@ -33,6 +33,10 @@ pub struct Config {
     pub https_redirect: bool,
     pub security_headers: Option<SecurityHeaders>,
     pub limits: Limits,
+    /// `paths`: how encoded forms in a request path are treated.
+    pub paths: PathRules,
+    /// `headers`: which client header names are removed.
+    pub headers: HeaderRules,
     /// How long SIGTERM waits for in-flight requests (`shutdown_grace`, default 30s).
     pub shutdown_grace: Duration,
     /// In file order.
@@ -183,6 +187,34 @@ pub struct SecurityHeaders {
     pub referrer_policy: Option<String>,
     pub frame_options: Option<String>,
     pub remove: Vec<HeaderName>,
+}
+
+/// `paths.encoded_slash`: `%2F` in a path is refused (400) or kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EncodedSlash {
+    #[default]
+    Reject,
+    Keep,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PathRules {
+    pub encoded_slash: EncodedSlash,
+}
+
+/// `headers.underscores`: which names with `_` are removed from requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underscores {
+    /// Those that fold (`_` read as `-`) onto a header the gate owns.
+    #[default]
+    Owned,
+    /// Every one (nginx's `underscores_in_headers off`).
+    Drop,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    pub underscores: Underscores,
 }
 
 #[derive(Debug, Clone)]

@@ -463,6 +463,7 @@ impl Ctx<'_> {
             .unwrap_or(false);
         let security_headers = self.security_headers(top);
         let limits = self.limits(top);
+        let (paths, headers) = self.request_rules(top);
         let shutdown_grace = present(top, "shutdown_grace")
             .and_then(|v| self.de::<Dur>(v, &root().key("shutdown_grace")))
             .map_or(defaults::SHUTDOWN_GRACE, |d| d.0);
@@ -484,6 +485,8 @@ impl Ctx<'_> {
             https_redirect,
             security_headers,
             limits,
+            paths,
+            headers,
             shutdown_grace,
             routes,
         }
@@ -1318,6 +1321,35 @@ impl Ctx<'_> {
             l.header_timeout = d;
         }
         l
+    }
+
+    /// `paths` and `headers`: one word each, from a short list.
+    fn request_rules(&mut self, top: &Mapping) -> (PathRules, HeaderRules) {
+        let mut paths = PathRules::default();
+        let p = root().key("paths");
+        if let Some(raw) = present(top, "paths").and_then(|v| self.de::<RawPaths>(v, &p)) {
+            match raw.encoded_slash.as_deref() {
+                None | Some("reject") => {}
+                Some("keep") => paths.encoded_slash = EncodedSlash::Keep,
+                Some(other) => self.at_value(
+                    &p.key("encoded_slash"),
+                    format!("unknown encoded_slash `{other}`; expected reject or keep"),
+                ),
+            }
+        }
+        let mut headers = HeaderRules::default();
+        let p = root().key("headers");
+        if let Some(raw) = present(top, "headers").and_then(|v| self.de::<RawHeaders>(v, &p)) {
+            match raw.underscores.as_deref() {
+                None | Some("owned") => {}
+                Some("drop") => headers.underscores = Underscores::Drop,
+                Some(other) => self.at_value(
+                    &p.key("underscores"),
+                    format!("unknown underscores `{other}`; expected owned or drop"),
+                ),
+            }
+        }
+        (paths, headers)
     }
 
     fn routes(

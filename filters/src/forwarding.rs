@@ -171,6 +171,26 @@ pub fn set_forwarded(
     }
 }
 
+/// Joins the `Cookie` fields an HTTP/2 client splits (RFC 9113 §8.2.3) into
+/// the one line an HTTP/1.1 worker expects: Starlette reads only the first.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    if all.next().is_none() || all.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Made of valid values and "; ": always a valid value.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// `ip` in its text form as a header value. The server makes the peer's once
 /// per connection; only a client IP taken from a trusted proxy's header is
 /// formatted per request.
@@ -232,6 +252,18 @@ mod tests {
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
         s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn split_cookies_become_one_line() {
+        let mut h = hm(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        let mut one = hm(&[("cookie", "a=1; b=2")]);
+        join_cookies(&mut one);
+        assert_eq!(one.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(one[header::COOKIE], "a=1; b=2");
     }
 
     #[test]

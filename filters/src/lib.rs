@@ -8,10 +8,12 @@
 pub mod compression;
 pub mod cors;
 pub mod forwarding;
+pub mod header_names;
 pub mod hosts;
 mod hugepages;
 pub mod jwt;
 pub mod limits;
+pub mod path;
 pub mod ratelimit;
 pub mod request_id;
 pub mod revocation;

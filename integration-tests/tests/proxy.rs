@@ -466,10 +466,12 @@ async fn big_response_and_odd_paths_arrive_unchanged() {
     assert_eq!(via.body, direct.body);
     assert_eq!(via.header("content-type"), Some("application/json"));
 
-    let r = get(g.addr, "/echo/a%20b/%2F/caf%C3%A9?x=1&y=%2F&z=a+b&&w").await;
+    // Escapes the path needs stay as they are (an encoded `/` is refused:
+    // integrity.rs); the query is never touched.
+    let r = get(g.addr, "/echo/a%20b/%3B/caf%C3%A9?x=1&y=%2F&z=a+b&&w").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let e = r.json();
-    assert_eq!(e["raw_path"], "/echo/a%20b/%2F/caf%C3%A9");
+    assert_eq!(e["raw_path"], "/echo/a%20b/%3B/caf%C3%A9");
     assert_eq!(e["query"], "x=1&y=%2F&z=a+b&&w");
 }
 

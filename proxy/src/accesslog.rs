@@ -120,6 +120,14 @@ impl RequestLog {
         }
     }
 
+    /// The path in the form the gate routed and forwarded it.
+    pub fn set_path(&mut self, path: &str) {
+        if enabled() {
+            self.path.clear();
+            self.path.push_str(path);
+        }
+    }
+
     fn finish(&self, bytes: u64) {
         let elapsed = self.start.elapsed();
         let route = self

@@ -13,7 +13,7 @@ use asgi_gate_config::{
     Config, ConfigErrors, Cors, Limits, LoadOptions, RateKey, Route, RouteCors, RouteTarget,
 };
 use asgi_gate_filters::ratelimit::{KeyKind, LimitParams, RateLimit, RateLimitError};
-use asgi_gate_filters::{cors, security_headers};
+use asgi_gate_filters::{cors, forwarding, header_names, path, request_id, security_headers};
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
@@ -32,6 +32,11 @@ pub struct Gate {
     /// Every header any policy forwards a claim in: removed from every
     /// client request, on every route, so identity cannot be forged.
     pub claim_headers: Vec<HeaderName>,
+    /// Names the gate sets or decides on; a client's spelling of one with
+    /// `_` for `-` is removed (Django and CGI servers fold the two).
+    pub owned_headers: Vec<HeaderName>,
+    pub underscores: header_names::Underscores,
+    pub encoded_slash: path::EncodedSlash,
     pub revocations: Arc<Revocations>,
     pub trusted_proxies: Vec<IpNet>,
     pub limits: Limits,
@@ -141,6 +146,7 @@ impl Gate {
                 }
             }
         }
+        let owned_headers = owned_headers(cfg, &claim_headers);
         let max_leeway = auth
             .iter()
             .map(|s| s.current().leeway_secs())
@@ -195,6 +201,15 @@ impl Gate {
             rate_limits,
             auth,
             claim_headers,
+            owned_headers,
+            underscores: match cfg.headers.underscores {
+                asgi_gate_config::Underscores::Owned => header_names::Underscores::Owned,
+                asgi_gate_config::Underscores::Drop => header_names::Underscores::Drop,
+            },
+            encoded_slash: match cfg.paths.encoded_slash {
+                asgi_gate_config::EncodedSlash::Reject => path::EncodedSlash::Reject,
+                asgi_gate_config::EncodedSlash::Keep => path::EncodedSlash::Keep,
+            },
             revocations,
             trusted_proxies: cfg.trusted_proxies.clone(),
             limits: cfg.limits.clone(),
@@ -221,6 +236,28 @@ impl Gate {
     pub fn is_ready(&self) -> bool {
         self.upstreams.iter().all(|u| u.any_healthy())
     }
+}
+
+/// The headers the gate sets (X-Forwarded-*, X-Request-Id, claims) or
+/// decides on (rate-limit keys, Accept-Encoding).
+fn owned_headers(cfg: &Config, claim_headers: &[HeaderName]) -> Vec<HeaderName> {
+    let mut owned = vec![
+        forwarding::X_FORWARDED_FOR.clone(),
+        forwarding::X_FORWARDED_PROTO.clone(),
+        forwarding::X_FORWARDED_HOST.clone(),
+        request_id::X_REQUEST_ID.clone(),
+        http::header::ACCEPT_ENCODING,
+    ];
+    let keyed = cfg.rate_limits.values().filter_map(|l| match &l.key {
+        RateKey::Header(h) => Some(h),
+        _ => None,
+    });
+    for h in claim_headers.iter().chain(keyed) {
+        if !owned.contains(h) {
+            owned.push(h.clone());
+        }
+    }
+    owned
 }
 
 /// Resolves a route's names into the parts the pipeline uses.

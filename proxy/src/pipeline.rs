@@ -3,6 +3,7 @@
 //! request; every refusal is a `Reject`, turned into a response by
 //! `reject::response` and nowhere else.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -10,7 +11,9 @@ use std::sync::Arc;
 use asgi_gate_filters::jwt::{self, AuthError, Claims, TokenLocation};
 use asgi_gate_filters::limits::{self, LimitError};
 use asgi_gate_filters::ratelimit::{self, ClaimValue, RateLimit};
-use asgi_gate_filters::{cors, forwarding, hosts, request_id, security_headers};
+use asgi_gate_filters::{
+    cors, forwarding, header_names, hosts, path, request_id, security_headers,
+};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -57,10 +60,14 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
 ) -> Result<Response<LoggedBody>, Infallible> {
+    // Hop-by-hop headers, and those the client names in `Connection`, go
+    // before the gate sets any of its own (X-Request-Id first).
+    let is_websocket = websocket::is_upgrade(&req);
+    forwarding::strip_hop_by_hop(req.headers_mut(), is_websocket);
     let id = request_id::ensure(req.headers_mut());
     let mut log = RequestLog::start(req.method(), req.uri().path(), id.clone());
     let mut cors = None;
-    let mut resp = match process(&gate, &conn, req, &mut log, &mut cors).await {
+    let mut resp = match process(&gate, &conn, req, is_websocket, &mut log, &mut cors).await {
         Ok(resp) => resp,
         Err(rej) => {
             log.reason = Some(rej.reason());
@@ -87,6 +94,7 @@ async fn process(
     gate: &Gate,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
+    is_websocket: bool,
     log: &mut RequestLog,
     cors_reply: &mut CorsReply,
 ) -> Result<Response<GateBody>, Reject> {
@@ -99,6 +107,8 @@ async fn process(
     )
     .map_err(limit_reject)?;
     limits::check_content_length(req.headers(), gate.limits.max_body).map_err(limit_reject)?;
+    // Names a worker could fold onto a header the gate owns or decides on.
+    header_names::strip_impostors(req.headers_mut(), &gate.owned_headers, gate.underscores);
     let host = forwarding::request_host(req.headers(), req.uri())
         .map_err(|_| Reject::BadRequest("more than one Host header"))?;
     if let Some(allowed) = &gate.allowed_hosts {
@@ -114,15 +124,19 @@ async fn process(
         return redirect_to_https(req.uri(), host.as_ref(), port);
     }
 
-    // 2. Route: path pattern, then method. A CORS preflight is routed by the
-    //    method it asks about and, on a route that does CORS, answered here.
+    // 2. Route on the path the worker will see (uvicorn percent-decodes it),
+    //    then method; the worker gets the canonical encoding of that same
+    //    path. A CORS preflight is routed by the method it asks about and,
+    //    on a route that does CORS, answered here.
     let client_ip = forwarding::client_ip(conn.peer_ip, req.headers(), &gate.trusted_proxies);
     log.client_ip = Some(client_ip);
     let preflight = match req.method() == Method::OPTIONS {
         true => cors::preflight_method(req.headers()),
         false => None,
     };
-    let path = req.uri().path();
+    let canonical = path::canonicalize(req.uri().path(), gate.encoded_slash)
+        .map_err(|e| Reject::BadRequest(e.detail()))?;
+    let path = &*canonical.decoded;
     let mut route = gate
         .router
         .find(path, preflight.as_ref().unwrap_or(req.method()))?
@@ -136,6 +150,11 @@ async fn process(
         }
     }
     log.route = Some(route.clone());
+    if let Cow::Owned(encoded) = canonical.encoded {
+        log.set_path(&encoded);
+        let query = req.uri().query().map(str::to_owned);
+        *req.uri_mut() = with_path_and_query(req.uri(), &encoded, query.as_deref())?;
+    }
     if let (Some(policy), Some(origin)) = (&route.cors, req.headers().get(header::ORIGIN)) {
         *cors_reply = Some((policy.clone(), origin.clone()));
     }
@@ -151,7 +170,6 @@ async fn process(
 
     // 4. Identity: claim headers are the gate's alone, on every route; then
     //    the JWT, revocation, scopes and the limits keyed by claims.
-    let is_websocket = websocket::is_upgrade(&req);
     jwt::strip_client_claim_headers(req.headers_mut(), &gate.claim_headers);
     if let Some(slot) = &route.auth {
         authenticate(
@@ -172,7 +190,6 @@ async fn process(
     // One growth of the map for the three X-Forwarded-* (not one per insert;
     // and only on requests that go on, not on rejections).
     let _ = parts.headers.try_reserve(3);
-    forwarding::strip_hop_by_hop(&mut parts.headers, on_upgrade.is_some());
     let client_value = match client_ip == conn.peer_ip {
         true => conn.peer_value.clone(),
         false => forwarding::ip_value(client_ip),
@@ -183,6 +200,7 @@ async fn process(
         (Some(policy), None) => Some((policy, compress::negotiate(policy, &mut parts.headers))),
         _ => None,
     };
+    forwarding::join_cookies(&mut parts.headers);
     if !parts.headers.contains_key(header::HOST) {
         // h2 requests carry :authority instead; uvicorn wants a Host.
         let host = host.unwrap_or(HeaderValue::from_static("localhost"));
@@ -285,10 +303,15 @@ async fn authenticate(
 /// The URI the worker sees when the token came in the query string.
 fn without_access_token(uri: &Uri) -> Result<Uri, Reject> {
     let query = jwt::query_without_access_token(uri.query().unwrap_or(""));
-    let pq = if query.is_empty() {
-        uri.path().to_string()
-    } else {
-        format!("{}?{query}", uri.path())
+    let query = Some(query.as_str()).filter(|q| !q.is_empty());
+    with_path_and_query(uri, uri.path(), query)
+}
+
+/// `uri` with another path and query (scheme and authority kept).
+fn with_path_and_query(uri: &Uri, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
+    let pq = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
     };
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(

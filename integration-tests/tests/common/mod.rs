@@ -108,7 +108,25 @@ impl Worker {
         Self::spawn(sock.to_path_buf(), None, false).await
     }
 
+    /// A worker on `<fresh tempdir>/w0.sock` serving `module:app` from
+    /// integration-tests/app, with `env` added.
+    pub async fn start_app(module: &str, env: &[(&str, &str)]) -> Worker {
+        let dir = tempdir();
+        let sock = dir.path().join("w0.sock");
+        Self::spawn_app(module, env, sock, Some(dir), false).await
+    }
+
     async fn spawn(sock: PathBuf, dir: Option<tempfile::TempDir>, access_log: bool) -> Worker {
+        Self::spawn_app("app", &[], sock, dir, access_log).await
+    }
+
+    async fn spawn_app(
+        module: &str,
+        env: &[(&str, &str)],
+        sock: PathBuf,
+        dir: Option<tempfile::TempDir>,
+        access_log: bool,
+    ) -> Worker {
         let _ = std::fs::remove_file(&sock); // a stale file from a killed worker
         let uvicorn = venv().join("bin").join("uvicorn");
         assert!(
@@ -125,7 +143,7 @@ impl Worker {
         ));
         let log = std::fs::File::create(&log_path).expect("worker log file");
         let mut cmd = Command::new(&uvicorn);
-        cmd.arg("app:app")
+        cmd.arg(format!("{module}:app"))
             .arg("--app-dir")
             .arg(app_dir())
             .arg("--uds")
@@ -137,7 +155,8 @@ impl Worker {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            .env("PYTHONUNBUFFERED", "1");
+            .env("PYTHONUNBUFFERED", "1")
+            .envs(env.iter().copied());
         die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("spawn uvicorn");
         let mut w = Worker {
