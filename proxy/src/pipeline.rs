@@ -173,6 +173,9 @@ async fn process(
     // and only on requests that go on, not on rejections).
     let _ = parts.headers.try_reserve(3);
     forwarding::strip_hop_by_hop(&mut parts.headers, on_upgrade.is_some());
+    if on_upgrade.is_some() && route.websocket.is_some() {
+        websocket::remove_extension_offers(&mut parts.headers);
+    }
     let client_value = match client_ip == conn.peer_ip {
         true => conn.peer_value.clone(),
         false => forwarding::ip_value(client_ip),
