@@ -6,7 +6,7 @@ Run behind the gate:
 
 Hit counting (`GET /count`): an app-wide async dependency counts every request
 that reaches an existing endpoint (WebSocket connections count once), except
-/count, /count/reset and /healthz. Requests the router rejects (404, 405) never
+/count, /count/reset, /healthz and /ws/stats. Requests the router rejects (404, 405) never
 reach a dependency and are not counted, so tests can prove the gate answered a
 request itself.
 """
@@ -21,7 +21,7 @@ from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import HTTPConnection
 
-_UNCOUNTED = frozenset({"/count", "/count/reset", "/healthz"})
+_UNCOUNTED = frozenset({"/count", "/count/reset", "/healthz", "/ws/stats"})
 _hits = 0
 
 
@@ -191,14 +191,39 @@ async def api_whoami(request: Request):
     return {"sub": request.headers.get("x-auth-subject")}
 
 
+# What /ws/echo received, for tests that must prove a message never reached
+# the app: sessions ended, messages and the largest one (after inflating).
+_ws_stats = {"ended": 0, "messages": 0, "largest": 0}
+
+
+@app.get("/ws/stats")
+async def ws_stats():
+    return _ws_stats
+
+
 @app.websocket("/ws/echo")
 async def ws_echo(ws: WebSocket):
     await ws.accept()
-    while True:
-        msg = await ws.receive()
-        if msg["type"] == "websocket.disconnect":
-            return
-        if msg.get("text") is not None:
-            await ws.send_text(msg["text"])
-        elif msg.get("bytes") is not None:
-            await ws.send_bytes(msg["bytes"])
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("text") or msg.get("bytes") or b""
+            _ws_stats["messages"] += 1
+            _ws_stats["largest"] = max(_ws_stats["largest"], len(data))
+            if msg.get("text") is not None:
+                await ws.send_text(msg["text"])
+            elif msg.get("bytes") is not None:
+                await ws.send_bytes(msg["bytes"])
+    finally:
+        _ws_stats["ended"] += 1
+
+
+# Agrees to permessage-deflate whether or not the client offered it: a worker
+# the gate must not trust to stay within what the handshake allowed.
+@app.websocket("/ws/rogue")
+async def ws_rogue(ws: WebSocket):
+    await ws.accept(headers=[(b"sec-websocket-extensions", b"permessage-deflate")])
+    while (await ws.receive())["type"] != "websocket.disconnect":
+        pass

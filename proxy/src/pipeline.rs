@@ -190,6 +190,9 @@ async fn process(
     // One growth of the map for the three X-Forwarded-* (not one per insert;
     // and only on requests that go on, not on rejections).
     let _ = parts.headers.try_reserve(3);
+    if on_upgrade.is_some() && route.websocket.is_some() {
+        websocket::remove_extension_offers(&mut parts.headers);
+    }
     let client_value = match client_ip == conn.peer_ip {
         true => conn.peer_value.clone(),
         false => forwarding::ip_value(client_ip),

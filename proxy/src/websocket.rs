@@ -1,10 +1,11 @@
 //! WebSocket passthrough: the handshake goes to the worker like any request;
 //! on its 101 both connections are upgraded and bytes are copied both ways
 //! until either side closes. Frames are not parsed, unless the route sets
-//! `websocket:` limits: then frame headers are read on the way through
-//! (`filters::websocket`) and a session over a limit is ended with a Close
-//! frame to the client (1009 message too big, 1008 too many messages, 1001
-//! idle), the worker's socket simply closed.
+//! `websocket:` limits: then no extension is negotiated, frame headers are
+//! read on the way through (`filters::websocket`) and a session over a limit
+//! is ended with a Close frame to the client (1002 malformed frame, 1009
+//! message too big, 1008 too many messages, 1001 idle), the worker's socket
+//! simply closed.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -13,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use asgi_gate_config::WebSocketOpts;
 use asgi_gate_filters::forwarding;
-use asgi_gate_filters::websocket::{
-    close_frame, FrameTracker, MessageRate, MessageRule, Violation,
-};
+use asgi_gate_filters::websocket::{close_frame, ClientRule, FrameTracker, MessageRate, Violation};
 use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -87,8 +86,17 @@ where
     }
 }
 
+/// On a route with limits, the handshake the worker sees offers no
+/// extension: the limits count payload bytes as sent, and with
+/// `permessage-deflate` those would be compressed ones.
+pub fn remove_extension_offers(headers: &mut HeaderMap) {
+    headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+}
+
 /// Given the worker's answer to a handshake: on 101, relay in the
 /// background and answer the client 101; anything else goes back as is.
+/// With limits, a 101 that agrees to an extension anyway is a 502: its
+/// frames could not be counted.
 pub fn relay(
     gate: &Gate,
     limits: Option<Arc<Limits>>,
@@ -98,6 +106,15 @@ pub fn relay(
 ) -> Result<Response<GateBody>, Reject> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(to_client(resp, in_flight));
+    }
+    if limits.is_some()
+        && resp
+            .headers()
+            .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+    {
+        // Dropping the response and its lease closes the worker's socket.
+        tracing::debug!("worker agreed to a websocket extension that was not offered");
+        return Err(Reject::BadGateway);
     }
     let worker_side = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
@@ -166,6 +183,7 @@ impl Ending {
 
     fn violation(&self) -> Option<Violation> {
         match self.code.load(Ordering::Relaxed) {
+            1002 => Some(Violation::ProtocolError),
             1009 => Some(Violation::MessageTooBig),
             1008 => Some(Violation::TooManyMessages),
             1001 => Some(Violation::Idle),
@@ -195,10 +213,10 @@ where
         last_activity: AtomicU64::new(0),
         start: Instant::now(),
     };
-    let rate = limits.per_second.map(MessageRate::per_second);
 
     let upstream = async {
-        let mut rule = MessageRule::new(limits.max_message);
+        let rate = limits.per_second.map(MessageRate::per_second);
+        let mut rule = ClientRule::new(limits.max_message, rate);
         let mut frames = FrameTracker::default();
         let mut buf = vec![0u8; RELAY_BUFFER];
         loop {
@@ -208,13 +226,7 @@ where
                 return Ok(());
             }
             ending.touch();
-            let checked = frames.scan(&buf[..n], |head| {
-                let starts = rule.on_frame(head)?;
-                match (&rate, starts) {
-                    (Some(r), true) if !r.allow() => Err(Violation::TooManyMessages),
-                    _ => Ok(()),
-                }
-            });
+            let checked = frames.scan(&buf[..n], |head| rule.on_frame(head));
             match checked {
                 Ok(()) => worker_tx.write_all(&buf[..n]).await?,
                 Err((at, v)) => {
