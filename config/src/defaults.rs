@@ -18,6 +18,7 @@
 //! | `compression.levels` | gzip 6, br 4, zstd 3 |
 //! | `cors.allow_methods` | GET, HEAD, POST |
 //! | `limits` | max_body 10MiB, max_header_bytes 16KiB, header_timeout 10s |
+//! | `routes.*.static.dotfiles` | false (names starting with `.` are 404; `.well-known` is served) |
 //! | `shutdown_grace` | 30s |
 //!
 //! `security_headers` adds only what is written; `compression: true` means

@@ -1438,6 +1438,7 @@ impl Ctx<'_> {
                     dir,
                     index: s.index,
                     cache_control,
+                    dotfiles: s.dotfiles.unwrap_or(false),
                 }))
             }
         };
