@@ -20,6 +20,7 @@
 //! | `limits` | max_body 10MiB, max_header_bytes 16KiB, header_timeout 10s |
 //! | `paths.encoded_slash` | reject |
 //! | `headers.underscores` | owned |
+//! | `routes.*.static.dotfiles` | false (names starting with `.` are 404; `.well-known` is served) |
 //! | `shutdown_grace` | 30s |
 //!
 //! `security_headers` adds only what is written; `compression: true` means

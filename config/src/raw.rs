@@ -231,6 +231,7 @@ pub struct RawStatic {
     pub dir: String,
     pub index: Option<String>,
     pub cache_control: Option<String>,
+    pub dotfiles: Option<bool>,
 }
 
 #[derive(Debug, DeriveDeserialize)]

@@ -238,6 +238,9 @@ pub struct StaticDir {
     pub dir: PathBuf,
     pub index: Option<String>,
     pub cache_control: Option<String>,
+    /// Serve names starting with `.` (`.env`, `.git/`); off by default, when
+    /// they are 404 (`.well-known` is served either way).
+    pub dotfiles: bool,
 }
 
 /// A route's own CORS setting.

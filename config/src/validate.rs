@@ -1470,6 +1470,7 @@ impl Ctx<'_> {
                     dir,
                     index: s.index,
                     cache_control,
+                    dotfiles: s.dotfiles.unwrap_or(false),
                 }))
             }
         };

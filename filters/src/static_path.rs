@@ -9,22 +9,33 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderMap, HeaderValue};
 
 /// The file (or directory, for the server to add the index to) that `tail`
-/// names under `root`: the request path after the route's prefix, still
-/// percent-encoded. `None` for anything that could leave `root` or that a
-/// file name cannot hold: `..`, an encoded `/` or `\`, NUL, invalid
-/// UTF-8, a query is not part of `tail`. Empty and `.` segments are skipped.
-pub fn resolve(root: &Path, tail: &str) -> Option<PathBuf> {
-    let mut path = root.to_path_buf();
+/// names, relative to the route's directory: `tail` is the request path
+/// after the route's prefix, still percent-encoded. `None` for anything that
+/// could leave the directory or that a file name cannot hold: `..`, an
+/// encoded `/` or `\`, NUL, invalid UTF-8 (a query is not part of `tail`);
+/// and, unless `dotfiles`, for a hidden segment (see `is_hidden`). Empty and
+/// `.` segments are skipped; an empty result names the directory itself.
+pub fn resolve(tail: &str, dotfiles: bool) -> Option<PathBuf> {
+    let mut path = PathBuf::new();
     for raw in tail.split('/') {
         let segment = percent_decode(raw)?;
         match segment.as_str() {
             "" | "." => continue,
             ".." => return None,
             s if s.contains(['/', '\\', '\0']) => return None,
+            s if !dotfiles && is_hidden(s) => return None,
             s => path.push(s),
         }
     }
     Some(path)
+}
+
+/// A file or directory name that is not served by default: one starting
+/// with `.` (`.env`, `.git`, `.htpasswd`), as deploys leave secrets there.
+/// `.well-known` itself is not hidden (RFC 8615: ACME challenges,
+/// security.txt); the names inside it still are checked.
+pub fn is_hidden(segment: &str) -> bool {
+    segment.starts_with('.') && segment != ".well-known"
 }
 
 /// A path segment with its `%XX` escapes decoded, as UTF-8; `None` for a
@@ -156,30 +167,65 @@ mod tests {
 
     #[test]
     fn paths_stay_under_the_root() {
-        let root = Path::new("/srv/static");
-        let ok = |t: &str| resolve(root, t);
-        assert_eq!(ok("app.js"), Some(root.join("app.js")));
-        assert_eq!(ok("css/site.css"), Some(root.join("css/site.css")));
-        assert_eq!(ok("a//./b"), Some(root.join("a/b")));
-        assert_eq!(ok(""), Some(root.to_path_buf()));
-        assert_eq!(ok("my%20file.txt"), Some(root.join("my file.txt")));
-        assert_eq!(ok("caf%C3%A9.txt"), Some(root.join("café.txt")));
-        for bad in [
-            "..",
-            "../etc/passwd",
-            "a/../../etc/passwd",
-            "%2e%2e/etc/passwd",
-            "%2E%2E",
-            "a%2F..%2F..%2Fetc",
-            "a%5C..%5Cb",
-            "a%00b",
-            "%zz",
-            "%4",
-            "%+f",
-            "%ff",
-        ] {
-            assert_eq!(ok(bad), None, "{bad}");
+        for dotfiles in [false, true] {
+            let ok = |t: &str| resolve(t, dotfiles);
+            assert_eq!(ok("app.js"), Some(PathBuf::from("app.js")));
+            assert_eq!(ok("css/site.css"), Some(PathBuf::from("css/site.css")));
+            assert_eq!(ok("a//./b"), Some(PathBuf::from("a/b")));
+            assert_eq!(ok(""), Some(PathBuf::new()));
+            assert_eq!(ok("my%20file.txt"), Some(PathBuf::from("my file.txt")));
+            assert_eq!(ok("caf%C3%A9.txt"), Some(PathBuf::from("café.txt")));
+            assert_eq!(ok("/abs"), Some(PathBuf::from("abs")));
+            for bad in [
+                "..",
+                "../etc/passwd",
+                "a/../../etc/passwd",
+                "%2e%2e/etc/passwd",
+                "%2E%2E",
+                "a%2F..%2F..%2Fetc",
+                "a%5C..%5Cb",
+                "a%00b",
+                "%zz",
+                "%4",
+                "%+f",
+                "%ff",
+            ] {
+                assert_eq!(ok(bad), None, "{bad}");
+            }
         }
+    }
+
+    #[test]
+    fn dotfiles_are_refused_but_well_known_is_not() {
+        let hidden = [
+            ".env",
+            ".htpasswd",
+            ".git/config",
+            ".git/",
+            "a/.hidden/b.txt",
+            "a/.draft.html",
+            "%2eenv",
+            "%2Egit/HEAD",
+            "...",
+            ".well-known/.secret",
+        ];
+        for h in hidden {
+            assert_eq!(resolve(h, false), None, "{h}");
+        }
+        let public = [
+            ".well-known/security.txt",
+            "a/b.c",
+            "a./b",
+            "x.y/.well-known/z",
+        ];
+        for p in public {
+            assert!(resolve(p, false).is_some(), "{p}");
+        }
+        // `dotfiles: true` serves them all.
+        for p in hidden.iter().chain(&public) {
+            assert!(resolve(p, true).is_some(), "{p}");
+        }
+        assert_eq!(resolve("%2eenv", true), Some(PathBuf::from(".env")));
     }
 
     #[test]

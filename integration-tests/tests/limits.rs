@@ -341,3 +341,181 @@ async fn h2_body_over_max_body_is_refused() {
     }
     assert_eq!(get(g.addr, "/hello").await.status, 200);
 }
+
+/// A GET /echo with `n` header fields `x-f-{i}: {value}`.
+fn with_fields(
+    addr: std::net::SocketAddr,
+    n: usize,
+    value: &str,
+) -> http::Request<Full<bytes::Bytes>> {
+    let mut b = req(Method::GET, addr, "/echo");
+    for i in 0..n {
+        b = b.header(format!("x-f-{i}"), value);
+    }
+    b.body(Full::default()).unwrap()
+}
+
+/// hyper's own limit is 100 header fields; a head within max_header_bytes
+/// must reach the worker however many fields it has (up to the cap hyper is
+/// given, 1024 here).
+#[tokio::test]
+async fn many_header_fields_within_max_header_bytes_reach_the_worker() {
+    let w = Worker::start().await;
+    let g = Gate::start(&config(&w.sock, "", LIMITS)).await;
+    for n in [101, 150, 1000] {
+        let hits = w.hits().await;
+        let r = send_h1(g.addr, with_fields(g.addr, n, "v")).await.unwrap();
+        assert_eq!(r.status, 200, "{n} fields: {:?} {}", r.headers, r.text());
+        assert_eq!(w.hits().await, hits + 1, "{n} fields");
+        let echoed = echoed_headers(&r.json());
+        assert!(echoed.iter().any(|(k, _)| k == &format!("x-f-{}", n - 1)));
+    }
+}
+
+#[tokio::test]
+async fn many_header_fields_over_max_header_bytes_are_json_431() {
+    let w = Worker::start().await;
+    let g = Gate::start(&config(&w.sock, "", LIMITS)).await;
+    let hits = w.hits().await;
+    // 300 × ~110 bytes and 1000 × ~25 bytes: both over 16 KiB.
+    for (n, len) in [(300, 100), (1000, 16)] {
+        let r = send_h1(g.addr, with_fields(g.addr, n, &"a".repeat(len)))
+            .await
+            .unwrap();
+        r.assert_rejection(431, "headers_too_large");
+    }
+    assert_eq!(w.hits().await, hits, "an oversized head reached the worker");
+}
+
+/// Far over max_header_bytes (16 KiB), under the hard cap (1 MiB): the
+/// gate's JSON 431, on h1 and h2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_authorization_header_is_json_431() {
+    let w = Worker::start().await;
+    let g = Gate::start(&config(&w.sock, "", LIMITS)).await;
+    let hits = w.hits().await;
+    let token = format!("Bearer {}", "a".repeat(100 * 1024));
+    let r = send_h1(
+        g.addr,
+        req(Method::GET, g.addr, "/hello")
+            .header("authorization", &token)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    r.assert_rejection(431, "headers_too_large");
+    let r = send_h2(
+        g.addr,
+        http::Request::builder()
+            .uri(g.url("/hello"))
+            .header("authorization", &token)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    r.assert_rejection(431, "headers_too_large");
+    assert_eq!(w.hits().await, hits);
+}
+
+/// Rewrites the config and waits for the reload to be logged.
+async fn reload(g: &Gate, yaml: &str) {
+    let done = g.log().matches("config reloaded").count();
+    let tmp = g.config_path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, &g.config_path).unwrap();
+    g.send_signal(libc::SIGHUP);
+    let reloaded = eventually(Duration::from_secs(10), || async {
+        g.log().matches("config reloaded").count() > done
+    })
+    .await;
+    assert!(reloaded, "no reload logged:\n{}", g.log());
+}
+
+/// Whether the gate closes a connection that sent only part of a head
+/// within `within`.
+async fn partial_head_closed_within(addr: std::net::SocketAddr, within: Duration) -> bool {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// header_timeout and max_header_bytes (with the hyper buffers sized from
+/// it) apply to connections accepted after a reload; open ones keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_header_settings_to_new_connections() {
+    let w = Worker::start().await;
+    let before = "limits: {max_header_bytes: 16KiB, header_timeout: 10s}";
+    let g = Gate::start(&config(&w.sock, "", before)).await;
+    let mut old = H1::connect(g.addr).await.unwrap();
+    assert_eq!(old.get("/hello").await.status, 200);
+
+    // Raised: a 1.5 MB head is over the 1 MiB hard cap of the old setting
+    // and under that of the new one (4 × 2 MiB): it reaches the gate.
+    reload(
+        &g,
+        &config(
+            &w.sock,
+            "",
+            "limits: {max_header_bytes: 2MiB, header_timeout: 1s}",
+        ),
+    )
+    .await;
+    let big = "a".repeat(1536 * 1024);
+    let r = send_h1(
+        g.addr,
+        req(Method::GET, g.addr, "/hello")
+            .header("x-big", &big)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        r.header("x-request-id").is_some(),
+        "a 1.5 MB head under max_header_bytes 2MiB: {} {:?}",
+        r.status,
+        r.headers
+    );
+    assert!(
+        partial_head_closed_within(g.addr, Duration::from_millis(2500)).await,
+        "header_timeout lowered to 1s by reload: a stalled head still open after 2.5s"
+    );
+
+    // Lowered: 2 KiB of headers are now over the limit.
+    reload(
+        &g,
+        &config(
+            &w.sock,
+            "",
+            "limits: {max_header_bytes: 1KiB, header_timeout: 1s}",
+        ),
+    )
+    .await;
+    let r = send_h1(
+        g.addr,
+        req(Method::GET, g.addr, "/hello")
+            .header("x-filler", "a".repeat(2048))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    r.assert_rejection(431, "headers_too_large");
+
+    // The connection opened before the reloads still serves.
+    assert_eq!(old.get("/hello").await.status, 200);
+}

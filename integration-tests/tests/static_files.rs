@@ -139,3 +139,119 @@ async fn traversal_is_refused_on_the_wire() {
         }
     }
 }
+
+/// A site with what a deploy often leaves in a static directory: secrets in
+/// dotfiles, a `.git`, and a `.well-known` that is meant to be public.
+fn site_with_dotfiles() -> Site {
+    let s = site();
+    let r = &s.root;
+    std::fs::write(r.join(".env"), "SECRET_KEY=dotenv-leak").unwrap();
+    std::fs::write(r.join(".htpasswd"), "admin:htpasswd-leak").unwrap();
+    std::fs::create_dir_all(r.join(".git")).unwrap();
+    std::fs::write(r.join(".git/config"), "[remote] git-leak").unwrap();
+    std::fs::write(r.join("docs/.draft.html"), "draft-leak").unwrap();
+    std::fs::create_dir_all(r.join(".well-known/acme-challenge")).unwrap();
+    std::fs::write(r.join(".well-known/security.txt"), "Contact: sec@x").unwrap();
+    std::fs::write(r.join(".well-known/acme-challenge/tok"), "tok.key").unwrap();
+    std::fs::write(r.join(".well-known/.secret"), "wk-leak").unwrap();
+    s
+}
+
+#[tokio::test]
+async fn dotfiles_are_404_and_never_served() {
+    let w = Worker::start().await;
+    let s = site_with_dotfiles();
+    let g = Gate::start(&yaml(&w, &s)).await;
+    for path in [
+        "/static/.env",
+        "/static/.htpasswd",
+        "/static/.git/config",
+        "/static/.git/",
+        "/static/%2eenv",
+        "/static/%2Egit/config",
+        "/static/docs/.draft.html",
+        "/static/.well-known/.secret",
+    ] {
+        for method in [Method::GET, Method::HEAD] {
+            let r = send(&g, method.clone(), path, &[]).await;
+            assert!(
+                !r.text().contains("leak"),
+                "{method} {path} leaked: {}",
+                r.text()
+            );
+            if method == Method::GET {
+                r.assert_rejection(404, "not_found");
+            } else {
+                assert_eq!(r.status, 404, "HEAD {path}");
+            }
+        }
+    }
+    // `.well-known` (RFC 8615: ACME challenges, security.txt) is served.
+    let r = send(&g, Method::GET, "/static/.well-known/security.txt", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "Contact: sec@x");
+    let r = send(
+        &g,
+        Method::GET,
+        "/static/.well-known/acme-challenge/tok",
+        &[],
+    )
+    .await;
+    assert_eq!(r.text(), "tok.key");
+}
+
+#[tokio::test]
+async fn dotfiles_true_serves_them() {
+    let w = Worker::start().await;
+    let s = site_with_dotfiles();
+    let conf = yaml(&w, &s).replace("index: index.html,", "index: index.html, dotfiles: true,");
+    assert!(conf.contains("dotfiles: true"));
+    let g = Gate::start(&conf).await;
+    let r = send(&g, Method::GET, "/static/.env", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "SECRET_KEY=dotenv-leak");
+    let r = send(&g, Method::GET, "/static/.git/config", &[]).await;
+    assert_eq!(r.text(), "[remote] git-leak");
+}
+
+/// Symlinks are followed only to files under the root, whether the link is
+/// relative or absolute; an escape is 404 as a missing file is.
+#[tokio::test]
+async fn symlinks_out_of_the_root_are_refused() {
+    use std::os::unix::fs::symlink;
+    let w = Worker::start().await;
+    let s = site();
+    let r = &s.root;
+    let outside = r.parent().unwrap();
+    symlink("../secret.txt", r.join("rel-out.txt")).unwrap();
+    symlink(outside.join("secret.txt"), r.join("abs-out.txt")).unwrap();
+    symlink("..", r.join("up")).unwrap();
+    symlink(outside, r.join("abs-up")).unwrap();
+    symlink("docs/index.html", r.join("rel-in.html")).unwrap();
+    symlink(r.join("docs/index.html"), r.join("abs-in.html")).unwrap();
+    symlink("../site.css", r.join("docs/roundabout.css")).unwrap();
+    let g = Gate::start(&yaml(&w, &s)).await;
+    for path in [
+        "/static/rel-out.txt",
+        "/static/abs-out.txt",
+        "/static/up/secret.txt",
+        "/static/abs-up/secret.txt",
+    ] {
+        let resp = send(&g, Method::GET, path, &[]).await;
+        assert!(
+            !resp.text().contains("not for you"),
+            "{path} leaked the file"
+        );
+        assert_eq!(resp.status, 404, "{path}");
+    }
+    // Out and back in again: under the root once resolved, so served.
+    let resp = send(&g, Method::GET, "/static/up/www/site.css", &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    for path in ["/static/rel-in.html", "/static/abs-in.html"] {
+        let resp = send(&g, Method::GET, path, &[]).await;
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.text(), "<h1>docs</h1>", "{path}");
+    }
+    let resp = send(&g, Method::GET, "/static/docs/roundabout.css", &[]).await;
+    assert_eq!(resp.status, 200);
+}

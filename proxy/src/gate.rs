@@ -15,6 +15,8 @@ use asgi_gate_config::{
 use asgi_gate_filters::ratelimit::{KeyKind, LimitParams, RateLimit, RateLimitError};
 use asgi_gate_filters::{cors, forwarding, header_names, path, request_id, security_headers};
 use http::{HeaderName, HeaderValue};
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 
 use crate::auth::{self, AuthSetupError, AuthSlot, Revocations};
@@ -49,6 +51,8 @@ pub struct Gate {
     pub shared_limits: Option<Arc<SharedLimits>>,
     /// WebSocket sessions currently relayed.
     pub websockets_open: Arc<AtomicUsize>,
+    /// hyper's settings from `limits`, for connections accepted from now on.
+    pub conn: auto::Builder<TokioExecutor>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +233,7 @@ impl Gate {
             websockets_open: previous
                 .map(|p| p.websockets_open.clone())
                 .unwrap_or_else(|| Arc::new(AtomicUsize::new(0))),
+            conn: crate::server::connection_builder(&cfg.limits),
         })
     }
 

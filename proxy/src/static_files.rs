@@ -1,12 +1,21 @@
-//! Static routes (`static: { dir, index, cache_control }`): files served by
-//! the gate from a directory, GET and HEAD only, with `ETag` /
+//! Static routes (`static: { dir, index, cache_control, dotfiles }`): files
+//! served by the gate from a directory, GET and HEAD only, with `ETag` /
 //! `Last-Modified` and 304s, streamed in 64 KiB reads. Which file a path
 //! names and the header rules live in `filters::static_path`; this module
 //! touches the disk.
+//!
+//! Files are opened with `openat2(RESOLVE_BENEATH)` relative to the
+//! directory's descriptor, opened when the gate is built (start, reload):
+//! the kernel keeps every step of the lookup, symlinks included, under it,
+//! so nothing can be swapped in between a check and the open.
 
+use std::fs::{File, Metadata};
 use std::io;
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use asgi_gate_config::StaticDir;
@@ -15,6 +24,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 use tokio::io::AsyncRead;
 
 use crate::body::{BoxError, GateBody};
@@ -25,14 +36,28 @@ const READ: usize = 64 * 1024;
 /// One static route, resolved when the gate is built.
 #[derive(Debug)]
 pub struct StaticRoute {
-    /// The directory, canonical: every served file must be under it, after
-    /// symlinks are followed.
-    root: PathBuf,
+    /// Shared with the blocking thread that opens files.
+    root: Arc<Root>,
     /// The route pattern up to its `{*catch_all}`.
     prefix: String,
-    index: Option<String>,
+    dotfiles: bool,
     cache_control: Option<HeaderValue>,
 }
+
+/// The route's directory, where each lookup happens.
+#[derive(Debug)]
+struct Root {
+    /// Canonical: every served file must be under it, after symlinks are
+    /// followed.
+    path: PathBuf,
+    /// `path` opened once: a directory renamed over it later is served only
+    /// after a reload (files inside change live).
+    dir: OwnedFd,
+    index: Option<String>,
+}
+
+/// Set on the first ENOSYS (kernels before 5.6, some seccomp profiles).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaticError {
@@ -52,15 +77,26 @@ impl StaticRoute {
             Some((prefix, rest)) if !prefix.contains('{') && rest.ends_with('}') => prefix,
             _ => return Err(StaticError::Pattern(pattern.to_string())),
         };
-        let root = std::fs::canonicalize(&conf.dir).map_err(|source| StaticError::Dir {
+        let dir_err = |source| StaticError::Dir {
             path: pattern.to_string(),
             dir: conf.dir.display().to_string(),
             source,
-        })?;
+        };
+        let path = std::fs::canonicalize(&conf.dir).map_err(dir_err)?;
+        let dir = rustix::fs::open(
+            &path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| dir_err(e.into()))?;
         Ok(StaticRoute {
-            root,
+            root: Arc::new(Root {
+                path,
+                dir,
+                index: conf.index.clone(),
+            }),
             prefix: prefix.to_string(),
-            index: conf.index.clone(),
+            dotfiles: conf.dotfiles,
             cache_control: conf
                 .cache_control
                 .as_deref()
@@ -70,7 +106,8 @@ impl StaticRoute {
 
     /// The answer for `method` on `path` (the request path, still
     /// percent-encoded). Anything that does not name a readable regular
-    /// file under the root is 404, without saying why.
+    /// file under the root, or names a hidden one (`.env`, `.git/`) without
+    /// `dotfiles: true`, is 404, without saying why.
     pub async fn serve(
         &self,
         method: &Method,
@@ -112,25 +149,112 @@ impl StaticRoute {
 
     /// The regular file `tail` names (the index for a directory), opened.
     async fn find(&self, tail: &str) -> Option<OpenFile> {
-        let mut path = static_path::resolve(&self.root, tail)?;
-        if tokio::fs::metadata(&path).await.ok()?.is_dir() {
-            path.push(self.index.as_deref()?);
-        }
-        // Symlinks are followed, but only to files under the root.
-        let real = tokio::fs::canonicalize(&path).await.ok()?;
-        if !real.starts_with(&self.root) {
-            tracing::debug!(path = %path.display(), "static: symlink out of the root refused");
-            return None;
-        }
-        let handle = tokio::fs::File::open(&real).await.ok()?;
-        // Of the opened file itself: what is served is what was checked.
-        let meta = handle.metadata().await.ok()?;
-        meta.is_file().then_some(OpenFile {
-            path: real,
-            handle,
+        let rel = static_path::resolve(tail, self.dotfiles)?;
+        let root = self.root.clone();
+        // One trip to a blocking thread for the whole lookup.
+        let file = tokio::task::spawn_blocking(move || {
+            let beneath = !NO_OPENAT2.load(Ordering::Relaxed);
+            root.find(rel, beneath)
+        });
+        let (path, file, meta) = file.await.ok()??;
+        Some(OpenFile {
+            path,
+            handle: tokio::fs::File::from_std(file),
             meta,
         })
     }
+}
+
+impl Root {
+    /// `rel` (relative, no `..`), or its index if it is a directory.
+    /// `beneath`: openat2; else the check-then-open used where openat2 is
+    /// missing.
+    fn find(&self, mut rel: PathBuf, beneath: bool) -> Option<(PathBuf, File, Metadata)> {
+        let (mut file, mut meta) = self.open(&rel, beneath)?;
+        if meta.is_dir() {
+            rel.push(self.index.as_deref()?);
+            (file, meta) = self.open(&rel, beneath)?;
+        }
+        // Of the opened file itself: what is served is what was checked.
+        meta.is_file().then_some((rel, file, meta))
+    }
+
+    fn open(&self, rel: &Path, beneath: bool) -> Option<(File, Metadata)> {
+        let file = if beneath {
+            self.open_beneath(rel)?
+        } else {
+            self.open_checked(rel)?
+        };
+        let meta = file.metadata().ok()?;
+        Some((file, meta))
+    }
+
+    fn open_beneath(&self, rel: &Path) -> Option<File> {
+        match openat2_beneath(&self.dir, rel) {
+            Ok(fd) => Some(File::from(fd)),
+            // An absolute symlink, or one through `..` out of the directory:
+            // followed as before, to a file under the root only; that file
+            // is then opened beneath the directory again, so a swap in
+            // between still cannot lead out.
+            Err(Errno::XDEV) => {
+                let real = std::fs::canonicalize(self.path.join(rel)).ok()?;
+                let Ok(inside) = real.strip_prefix(&self.path) else {
+                    tracing::debug!(path = %rel.display(), "static: symlink out of the root refused");
+                    return None;
+                };
+                openat2_beneath(&self.dir, inside).ok().map(File::from)
+            }
+            Err(Errno::NOSYS) => {
+                if !NO_OPENAT2.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("static files: openat2 is not available (Linux < 5.6?); checking paths before opening them instead");
+                }
+                self.open_checked(rel)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Without openat2: symlinks followed, then the result checked to be
+    /// under the root before it is opened by name.
+    fn open_checked(&self, rel: &Path) -> Option<File> {
+        let real = std::fs::canonicalize(self.path.join(rel)).ok()?;
+        if !real.starts_with(&self.path) {
+            tracing::debug!(path = %rel.display(), "static: symlink out of the root refused");
+            return None;
+        }
+        nonblocking_open(&real)
+    }
+}
+
+/// `rel` opened for reading beneath `dir`: every component, symlinks
+/// included, must resolve inside it (EXDEV otherwise); no /proc magic links.
+/// O_NONBLOCK so that a FIFO in the directory cannot hang the open (it is
+/// then refused as not a regular file; regular files ignore the flag).
+fn openat2_beneath(dir: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    let mut retries = 0;
+    loop {
+        match rustix::fs::openat2(dir, rel, flags, Mode::empty(), resolve) {
+            // A concurrent rename while resolving `..`: the kernel asks to retry.
+            Err(Errno::AGAIN) if retries < 3 => retries += 1,
+            r => return r,
+        }
+    }
+}
+
+fn nonblocking_open(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()
 }
 
 struct OpenFile {
@@ -208,6 +332,7 @@ mod tests {
             dir: dir.to_path_buf(),
             index: index.map(str::to_string),
             cache_control: Some("public, max-age=60".into()),
+            dotfiles: false,
         }
     }
 
@@ -223,7 +348,7 @@ mod tests {
         let gone = conf(&d.path().join("missing"), None);
         assert!(StaticRoute::new("/s/{*p}", &gone).is_err());
         let r = StaticRoute::new("/s/{*p}", &c).unwrap();
-        assert_eq!(r.root, std::fs::canonicalize(d.path()).unwrap());
+        assert_eq!(r.root.path, std::fs::canonicalize(d.path()).unwrap());
     }
 
     async fn body_of(resp: Response<GateBody>) -> Bytes {
@@ -287,5 +412,96 @@ mod tests {
         }
         let e = r.serve(&Method::POST, "/s/app.js", &none).await.err();
         assert!(matches!(e, Some(Reject::MethodNotAllowed(_))));
+    }
+
+    #[tokio::test]
+    async fn dotfiles_are_404_unless_the_route_opts_in() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join(".git")).unwrap();
+        std::fs::create_dir_all(d.path().join(".well-known")).unwrap();
+        std::fs::write(d.path().join(".env"), "SECRET=1").unwrap();
+        std::fs::write(d.path().join(".git/config"), "[core]").unwrap();
+        std::fs::write(d.path().join(".well-known/security.txt"), "Contact: x").unwrap();
+        let none = HeaderMap::new();
+        let mut c = conf(d.path(), None);
+        let r = StaticRoute::new("/s/{*p}", &c).unwrap();
+        for hidden in ["/s/.env", "/s/.git/config", "/s/%2eenv"] {
+            let e = r.serve(&Method::GET, hidden, &none).await.err();
+            assert_eq!(e, Some(Reject::NotFound), "{hidden}");
+        }
+        let wk = r.serve(&Method::GET, "/s/.well-known/security.txt", &none);
+        assert_eq!(body_of(wk.await.unwrap()).await, "Contact: x");
+
+        c.dotfiles = true;
+        let r = StaticRoute::new("/s/{*p}", &c).unwrap();
+        let env = r.serve(&Method::GET, "/s/.env", &none).await.unwrap();
+        assert_eq!(body_of(env).await, "SECRET=1");
+        let git = r
+            .serve(&Method::GET, "/s/.git/config", &none)
+            .await
+            .unwrap();
+        assert_eq!(body_of(git).await, "[core]");
+    }
+
+    /// openat2 and the check-then-open fallback agree: symlinks are followed
+    /// (relative or absolute, even out and back in) to files under the root
+    /// only; a FIFO is refused without hanging.
+    #[test]
+    fn both_lookups_follow_symlinks_only_under_the_root() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let out = std::fs::canonicalize(d.path()).unwrap();
+        let root = out.join("www");
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::write(root.join("a.txt"), "a").unwrap();
+        std::fs::write(root.join("docs/index.html"), "idx").unwrap();
+        std::fs::write(out.join("secret.txt"), "no").unwrap();
+        symlink("../secret.txt", root.join("rel-out")).unwrap();
+        symlink(out.join("secret.txt"), root.join("abs-out")).unwrap();
+        symlink("..", root.join("up")).unwrap();
+        symlink("/proc/self/root/etc/hostname", root.join("proc")).unwrap();
+        symlink("a.txt", root.join("rel-in")).unwrap();
+        symlink(root.join("a.txt"), root.join("abs-in")).unwrap();
+        symlink(root.join("docs"), root.join("abs-dir")).unwrap();
+        nix_mkfifo(&root.join("fifo"));
+        let r = StaticRoute::new("/s/{*p}", &conf(&root, Some("index.html"))).unwrap();
+        for beneath in [true, false] {
+            let find = |p: &str| {
+                r.root.find(PathBuf::from(p), beneath).map(|(_, mut f, _)| {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut f, &mut s).unwrap();
+                    s
+                })
+            };
+            for (p, want) in [
+                ("a.txt", Some("a")),
+                ("rel-in", Some("a")),
+                ("abs-in", Some("a")),
+                ("up/www/a.txt", Some("a")),
+                ("docs", Some("idx")),
+                ("abs-dir", Some("idx")),
+                ("", None),
+                ("rel-out", None),
+                ("abs-out", None),
+                ("up/secret.txt", None),
+                ("proc", None),
+                ("fifo", None),
+                ("missing", None),
+            ] {
+                assert_eq!(find(p).as_deref(), want, "{p} (openat2: {beneath})");
+            }
+        }
+    }
+
+    fn nix_mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            c.as_c_str(),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
     }
 }
