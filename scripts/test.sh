@@ -14,4 +14,10 @@ cargo build -p asgi-gate
 
 export ASGI_GATE_VENV="$REPO/.venv"
 export ASGI_GATE_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/asgi-gate"
+# The differential path test first, with its output shown: it prints how
+# many paths it sent and how many routes disagreed (README "What the worker
+# receives").
+if [[ $# -eq 0 ]]; then
+    cargo test -p integration-tests --test integrity differential -- --nocapture
+fi
 exec cargo test --workspace "$@"
