@@ -166,12 +166,15 @@ impl SharedRevocations {
             if list.strong_count() == 0 {
                 return;
             }
-            match self.follow_once(&list).await {
+            let mut followed = false;
+            match self.follow_once(&list, &mut followed).await {
                 Ok(()) => return,
                 Err(e) => {
-                    let was_up = !self.down.swap(true, Ordering::Relaxed);
-                    if was_up && warned {
+                    self.down.store(true, Ordering::Relaxed);
+                    // One warning per outage, not one per retry.
+                    if followed {
                         tracing::warn!(error = %e, "shared revocations: Redis link lost; serving with the local list, reconnecting");
+                        warned = true;
                     } else if !warned {
                         tracing::warn!(error = %e, "shared revocations: Redis unavailable; serving with the local list, retrying");
                         warned = true;
@@ -185,7 +188,11 @@ impl SharedRevocations {
     /// Subscribe, send the outbox, load every live key, heal, then apply
     /// announcements, PINGing and re-reading as it goes. `Ok` only when
     /// the list is gone.
-    async fn follow_once(&self, list: &Weak<Revocations>) -> Result<(), SharedError> {
+    async fn follow_once(
+        &self,
+        list: &Weak<Revocations>,
+        followed: &mut bool,
+    ) -> Result<(), SharedError> {
         let pubsub = within(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await?;
         let (mut sink, mut messages) = pubsub.split();
         within(WRITE_TIMEOUT, sink.subscribe(CHANNEL)).await?;
@@ -206,6 +213,7 @@ impl SharedRevocations {
         let in_redis = load(&mut conn, list).await?;
         let healed = heal(&mut conn, list, &in_redis).await?;
         self.down.store(false, Ordering::Relaxed);
+        *followed = true;
         tracing::info!(
             loaded = in_redis.len(),
             healed,
