@@ -269,6 +269,11 @@ impl RevocationList {
             .filter(|exp| now < *exp)
     }
 
+    /// [`RevocationList::get`] by hash.
+    pub fn get_hash(&self, key: KeyHash, now: u64) -> Option<u64> {
+        self.map.get(&key).map(|e| *e).filter(|exp| now < *exp)
+    }
+
     /// Un-revokes `key`; false if there was no entry.
     pub fn remove(&self, key: &str) -> bool {
         self.remove_hash(KeyHash::of(key))

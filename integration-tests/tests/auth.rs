@@ -1556,7 +1556,7 @@ async fn revocations_are_shared_through_redis() {
 }
 
 #[tokio::test]
-async fn without_redis_the_gate_serves_and_admin_writes_answer_503() {
+async fn without_redis_the_gate_serves_and_admin_writes_answer_202_pending() {
     let port = unused_port();
     let w = Worker::start().await;
     let yaml = hs_only_yaml(
@@ -1570,8 +1570,199 @@ async fn without_redis_the_gate_serves_and_admin_writes_answer_503() {
         200
     );
     let r = revoke(&g, &json!({"jti": "local-1", "exp": now() + 600})).await;
-    assert_admin_rejection(&r, 503, "service_unavailable");
-    // Applied locally all the same: this gate refuses the token.
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["shared"], "pending", "{}", r.text());
+    // Applied locally at once: this gate refuses the token.
+    assert_eq!(
+        call(g.addr, "/echo/hs", Some(&token), &[]).await.status,
+        401
+    );
+    assert_eq!(outbox(&g).await, 1);
+    // A delete waits in the outbox too (it replaces the queued revocation).
+    let r = admin(
+        &g,
+        Method::DELETE,
+        "/revocations/local-1",
+        None,
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["shared"], "pending", "{}", r.text());
+    assert_eq!(
+        call(g.addr, "/echo/hs", Some(&token), &[]).await.status,
+        200
+    );
+    assert_eq!(outbox(&g).await, 1);
+}
+
+/// `asgi_gate_revocation_outbox` on `g`'s /metrics.
+async fn outbox(g: &Gate) -> u64 {
+    let text = admin(g, Method::GET, "/metrics", None, None).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("asgi_gate_revocation_outbox "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no asgi_gate_revocation_outbox in:\n{text}"))
+}
+
+fn redis_yaml(sock: &Path, url: &str) -> String {
+    hs_only_yaml(sock, &format!("revocation:\n  redis: {url}\n"))
+}
+
+/// Polls until `g` refuses `token` (401), up to `within`.
+async fn refused_within(g: &Gate, token: &str, within: Duration) -> bool {
+    eventually(within, || async move {
+        call(g.addr, "/echo/hs", Some(token), &[]).await.status == 401
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_silent_redis_link_is_noticed_and_replaced() {
+    let redis = Redis::start();
+    let relay = Relay::start(redis.port()).await;
+    let w = Worker::start().await;
+    let a = Gate::start_env(&redis_yaml(&w.sock, &redis.url()), GATE_ENV).await;
+    let b = Gate::start_env(&redis_yaml(&w.sock, &relay.url()), GATE_ENV).await;
+    let token = tool(&[hs(&hs_claims("carol", json!({"jti": "silent-1"})))]).remove(0);
+    assert_eq!(
+        call(b.addr, "/echo/hs", Some(&token), &[]).await.status,
+        200
+    );
+    let bb = &b;
+    let following = eventually(Duration::from_secs(5), || async move {
+        bb.log().contains("following Redis")
+    })
+    .await;
+    assert!(following, "gate B never followed Redis:\n{}", b.log());
+
+    // B's links to Redis go silent but stay open (half-open TCP).
+    relay.freeze();
+    let opened = relay.opened();
+    let r = revoke(&a, &json!({"jti": "silent-1", "exp": now() + 600})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // B notices by its PING (every 5 s, 2 s to answer), reconnects and loads.
+    assert!(
+        refused_within(&b, &token, Duration::from_secs(15)).await,
+        "gate B, on a silent link, still accepts a token revoked on gate A; relay connections {opened} -> {}; gate B log:\n{}",
+        relay.opened(),
+        b.log()
+    );
+}
+
+#[tokio::test]
+async fn a_revocation_made_while_redis_is_down_reaches_every_gate_when_it_returns_empty() {
+    let mut redis = Redis::start();
+    let port = redis.port();
+    let w = Worker::start().await;
+    let yaml = redis_yaml(&w.sock, &redis.url());
+    let a = Gate::start_env(&yaml, GATE_ENV).await;
+    let b = Gate::start_env(&yaml, GATE_ENV).await;
+    let t = tool(&[
+        hs(&hs_claims("dave", json!({"jti": "before-outage"}))),
+        hs(&hs_claims("erin", json!({"jti": "during-outage"}))),
+    ]);
+    let r = revoke(&a, &json!({"jti": "before-outage", "exp": now() + 600})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["shared"], true, "{}", r.text());
+    assert!(refused_within(&b, &t[0], Duration::from_secs(3)).await);
+
+    redis.stop();
+    let r = revoke(&a, &json!({"jti": "during-outage", "exp": now() + 600})).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["shared"], "pending", "{}", r.text());
+    assert_eq!(outbox(&a).await, 1);
+    assert_eq!(call(a.addr, "/echo/hs", Some(&t[1]), &[]).await.status, 401);
+    assert_eq!(call(b.addr, "/echo/hs", Some(&t[1]), &[]).await.status, 200);
+
+    // A new, empty Redis where the old one was; nobody calls the admin API.
+    let redis = Redis::start_on(port);
+    assert!(
+        refused_within(&b, &t[1], Duration::from_secs(5)).await,
+        "gate B still accepts, 5 s after Redis came back, a token revoked on A during the outage; A log:\n{}\nB log:\n{}",
+        a.log(),
+        b.log()
+    );
+    let aa = &a;
+    assert!(
+        eventually(
+            Duration::from_secs(3),
+            || async move { outbox(aa).await == 0 }
+        )
+        .await,
+        "A's outbox never emptied"
+    );
+    // The union heal refilled Redis with what the gates held.
+    let rr = &redis;
+    let refilled = eventually(Duration::from_secs(3), || async move {
+        rr.cli(&["--scan", "--pattern", "asgi-gate:rev:*"])
+            .lines()
+            .count()
+            == 2
+    })
+    .await;
+    assert!(
+        refilled,
+        "Redis holds: {}",
+        redis.cli(&["--scan", "--pattern", "asgi-gate:rev:*"])
+    );
+    assert_eq!(call(b.addr, "/echo/hs", Some(&t[0]), &[]).await.status, 401);
+}
+
+#[tokio::test]
+async fn revocations_heard_from_redis_survive_a_gate_restart_without_redis() {
+    let mut redis = Redis::start();
+    let w = Worker::start().await;
+    let dir = tempdir();
+    let a = Gate::start_env(&redis_yaml(&w.sock, &redis.url()), GATE_ENV).await;
+    let yaml_b = hs_only_yaml(
+        &w.sock,
+        &format!(
+            "revocation:\n  redis: {}\n  persist_file: \"{}\"\n",
+            redis.url(),
+            dir.path().join("b.log").display()
+        ),
+    );
+    let mut b = Gate::start_env(&yaml_b, GATE_ENV).await;
+    let token = tool(&[hs(&hs_claims("frank", json!({"jti": "heard-1"})))]).remove(0);
+    let r = revoke(&a, &json!({"jti": "heard-1", "exp": now() + 600})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(refused_within(&b, &token, Duration::from_secs(3)).await);
+
+    // B dies, then Redis; B comes back alone and must still refuse.
+    b.send_signal(libc::SIGKILL);
+    assert!(b.wait_exit(Duration::from_secs(5)).await.is_some());
+    redis.stop();
+    let b = Gate::start_env(&yaml_b, GATE_ENV).await;
+    assert_eq!(
+        call(b.addr, "/echo/hs", Some(&token), &[]).await.status,
+        401,
+        "a revocation heard over pub/sub was not kept in B's log; B log:\n{}",
+        b.log()
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_raises_the_leeway_keeps_jti_revocations_long_enough() {
+    let w = Worker::start().await;
+    let yaml = hs_only_yaml(&w.sock, "");
+    let g = Gate::start_env(&yaml, GATE_ENV).await;
+    let raised = yaml.replace("leeway: 0s", "leeway: 120s");
+    assert_ne!(raised, yaml);
+    std::fs::write(&g.config_path, raised).unwrap();
+    let r = admin(&g, Method::POST, "/reload", None, Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Expired 30 s ago: accepted under the new 120 s leeway...
+    let exp = now() - 30;
+    let token = tool(&[hs(&hs_claims("gina", json!({"jti": "late-1", "exp": exp})))]).remove(0);
+    assert_eq!(
+        call(g.addr, "/echo/hs", Some(&token), &[]).await.status,
+        200
+    );
+    // ...so a revocation by {jti, exp} must outlive exp by that leeway.
+    let r = revoke(&g, &json!({"jti": "late-1", "exp": exp})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["exp"], exp + 120, "{}", r.text());
     assert_eq!(
         call(g.addr, "/echo/hs", Some(&token), &[]).await.status,
         401

@@ -109,13 +109,17 @@ async fn header_keyed_limits_are_per_key_and_fall_back_to_ip() {
 
 /// `shared: true`: two gates count into one bucket in a real Redis.
 fn shared_config(sock: &Path, redis_url: &str) -> String {
+    shared_config_rate(sock, redis_url, "6/m, burst: 6")
+}
+
+fn shared_config_rate(sock: &Path, redis_url: &str, rate: &str) -> String {
     format!(
         "listen:\n  - address: 127.0.0.1:0\n\
          admin:\n  address: 127.0.0.1:0\n\
          upstreams:\n  app:\n    sockets: [\"{sock}\"]\n\
          revocation:\n  redis: {redis_url}\n\
          rate_limits:\n\
-         \x20 global: {{ key: client_ip, rate: 6/m, burst: 6, shared: true, headers: true }}\n\
+         \x20 global: {{ key: client_ip, rate: {rate}, shared: true, headers: true }}\n\
          routes:\n\
          \x20 - path: /hello\n    upstream: app\n    rate_limit: global\n\
          \x20 - path: /{{*rest}}\n    upstream: app\n",
@@ -177,4 +181,37 @@ async fn shared_limits_fall_back_to_each_gate_without_redis() {
         statuses.push(get_with(&g, "/hello", &[]).await.status.as_u16());
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429]);
+}
+
+#[tokio::test]
+async fn shared_limits_fall_back_at_once_when_redis_stops() {
+    let mut redis = Redis::start();
+    let w = Worker::start().await;
+    let g = Gate::start(&shared_config_rate(
+        &w.sock,
+        &redis.url(),
+        "1000/s, burst: 1000",
+    ))
+    .await;
+    let r = get_with(&g, "/hello", &[]).await;
+    assert_eq!(r.status, 200);
+
+    redis.stop();
+    // Each request waiting out the 100 ms Redis timeout would take >= 5 s.
+    let started = std::time::Instant::now();
+    for i in 0..50 {
+        let r = get_with(&g, "/hello", &[]).await;
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "50 requests with Redis down took {took:?}; gate log:\n{}",
+        g.log()
+    );
+    assert!(
+        g.log().contains("shared rate limits: Redis unavailable"),
+        "{}",
+        g.log()
+    );
 }

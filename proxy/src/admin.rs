@@ -24,6 +24,7 @@ use crate::auth::unix_now;
 use crate::body::GateBody;
 use crate::gate::{Gate, ReloadError, Shared};
 use crate::reject::{self, Reject};
+use crate::shared::Sharing;
 
 /// Admin request bodies are small JSON documents.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -153,18 +154,23 @@ async fn handle(
                             tracing::error!(error = %e, "revocation log write failed");
                             Reject::ServiceUnavailable
                         })?;
-                    if let (Some(shared), true) = (&gate.revocations.shared, removed) {
-                        shared
-                            .remove(KeyHash::of(&key))
-                            .await
-                            .map_err(shared_failed)?;
+                    if !removed {
+                        return Ok(reject::response(&Reject::NotFound));
                     }
-                    Ok(if removed {
-                        let mut r = Response::new(GateBody::empty());
-                        *r.status_mut() = StatusCode::NO_CONTENT;
-                        r
-                    } else {
-                        reject::response(&Reject::NotFound)
+                    let sharing = match &gate.revocations.shared {
+                        Some(shared) => shared.remove(KeyHash::of(&key)).await,
+                        None => Sharing::Done,
+                    };
+                    Ok(match sharing {
+                        Sharing::Done => {
+                            let mut r = Response::new(GateBody::empty());
+                            *r.status_mut() = StatusCode::NO_CONTENT;
+                            r
+                        }
+                        Sharing::Pending => json_value(
+                            StatusCode::ACCEPTED,
+                            &serde_json::json!({ "jti": key, "shared": "pending" }),
+                        ),
                     })
                 }
                 _ => Err(Reject::MethodNotAllowed(HeaderValue::from_static(
@@ -226,13 +232,6 @@ enum RevokeBody {
 const REVOKE_USAGE: &str =
     r#"body must be JSON {"jti": "...", "exp": <unix seconds>} or {"token": "<jwt>"}"#;
 
-/// Applied here, not yet shared with the other gates: 503, so the caller
-/// retries (revoking again is harmless).
-fn shared_failed(e: crate::shared::SharedError) -> Reject {
-    tracing::warn!(error = %e, "revocation not shared through Redis");
-    Reject::ServiceUnavailable
-}
-
 async fn revoke(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response<GateBody>, Reject> {
     let body = Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
@@ -246,7 +245,7 @@ async fn revoke(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response<Gat
             if jti.is_empty() {
                 return Err(Reject::BadRequest("jti must not be empty"));
             }
-            (jti, exp.saturating_add(gate.revocations.max_leeway))
+            (jti, exp.saturating_add(gate.revocations.max_leeway()))
         }
         RevokeBody::Token { token } => gate
             .auth
@@ -278,16 +277,18 @@ async fn revoke(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response<Gat
         RevokeOutcome::AlreadyExpired => (StatusCode::OK, true),
     };
     let exp = gate.revocations.list.get(&key, unix_now()).unwrap_or(exp);
+    let mut body = serde_json::json!({ "jti": key, "exp": exp, "expired": expired });
     if let (Some(shared), false) = (&gate.revocations.shared, expired) {
-        shared
-            .revoke(KeyHash::of(&key), exp)
-            .await
-            .map_err(shared_failed)?;
+        // Applied here either way; a change Redis did not take waits in the
+        // outbox and is sent when it answers: 202, nothing to retry.
+        let (status, sharing) = match shared.revoke(KeyHash::of(&key), exp).await {
+            Sharing::Done => (status, serde_json::json!(true)),
+            Sharing::Pending => (StatusCode::ACCEPTED, serde_json::json!("pending")),
+        };
+        body["shared"] = sharing;
+        return Ok(json_value(status, &body));
     }
-    Ok(json_value(
-        status,
-        &serde_json::json!({ "jti": key, "exp": exp, "expired": expired }),
-    ))
+    Ok(json_value(status, &body))
 }
 
 #[cfg(test)]

@@ -4,12 +4,15 @@
 //! revocation list with its fsync'ed log and expiry sweep.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use asgi_gate_config::{AuthPolicy, KeySource as ConfKeySource, Revocation};
 use asgi_gate_filters::jwt::{JwtAlgorithm, JwtPolicy, KeySource, PolicyError, PolicyParams};
-use asgi_gate_filters::revocation::{RevocationList, RevocationLog, RevokeOutcome};
+use asgi_gate_filters::revocation::{
+    KeyHash, LogEvent, LogKey, RevocationList, RevocationLog, RevokeOutcome,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
@@ -234,11 +237,12 @@ async fn fetch_jwks(url: &str) -> Result<(String, Option<Duration>), String> {
 
 /// The revocation list, its optional log, and the leeway the admin API adds
 /// to a bare `{jti, exp}` (the largest of all policies, so the entry lasts
-/// as long as any policy could still accept the token).
+/// as long as any policy could still accept the token; set again on every
+/// reload, since the list outlives the policies).
 pub struct Revocations {
     pub list: RevocationList,
     log: Option<Mutex<RevocationLog>>,
-    pub max_leeway: u64,
+    max_leeway: AtomicU64,
     /// `revocation.redis`: shared with the other gates.
     pub shared: Option<Arc<crate::shared::SharedRevocations>>,
 }
@@ -279,9 +283,72 @@ impl Revocations {
         Ok(Revocations {
             list,
             log,
-            max_leeway,
+            max_leeway: AtomicU64::new(max_leeway),
             shared,
         })
+    }
+
+    pub fn max_leeway(&self) -> u64 {
+        self.max_leeway.load(Ordering::Relaxed)
+    }
+
+    pub fn set_max_leeway(&self, secs: u64) {
+        self.max_leeway.store(secs, Ordering::Relaxed);
+    }
+
+    /// Entries heard from Redis (announced or loaded): those new here or
+    /// later than ours are logged (one sync for all) and applied, so a
+    /// restart without Redis keeps them. A failed log write is reported and
+    /// the entries applied all the same (refusing is the safe side).
+    /// Returns how many were new or extended. Blocking.
+    pub fn apply_shared(&self, entries: &[(KeyHash, u64)]) -> usize {
+        let now = unix_now();
+        let mut log = self
+            .log
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
+        let fresh: Vec<(KeyHash, u64)> = entries
+            .iter()
+            .filter(|(k, exp)| *exp > now && self.list.get_hash(*k, now).is_none_or(|e| e < *exp))
+            .copied()
+            .collect();
+        if let Some(log) = log.as_mut() {
+            let events: Vec<LogEvent> = fresh
+                .iter()
+                .map(|(k, exp)| LogEvent::Revoke {
+                    key: LogKey::Hashed(*k),
+                    exp: *exp,
+                })
+                .collect();
+            if let Err(e) = log.append_all(&events) {
+                tracing::error!(error = %e, entries = events.len(), "revocation log write failed for entries from Redis");
+            }
+        }
+        for (k, exp) in &fresh {
+            self.list.revoke_hash(*k, *exp, now);
+        }
+        fresh.len()
+    }
+
+    /// A removal heard from Redis, logged so a replay does not bring the
+    /// entry back. Blocking.
+    pub fn remove_shared(&self, key: KeyHash) {
+        let mut log = self
+            .log
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
+        if self.list.get_hash(key, unix_now()).is_none() {
+            return;
+        }
+        if let Some(log) = log.as_mut() {
+            let event = LogEvent::Remove {
+                key: LogKey::Hashed(key),
+            };
+            if let Err(e) = log.append(&event) {
+                tracing::error!(error = %e, "revocation log write failed for a removal from Redis");
+            }
+        }
+        self.list.remove_hash(key);
     }
 
     /// Writes (and fsyncs) first, then revokes: a 2xx after this survives

@@ -151,13 +151,11 @@ impl Gate {
             }
         }
         let owned_headers = owned_headers(cfg, &claim_headers);
-        let max_leeway = auth
-            .iter()
-            .map(|s| s.current().leeway_secs())
-            .max()
-            .unwrap_or(0);
+        let max_leeway = max_leeway(&auth);
         let revocations = match previous {
-            // The list outlives reloads; its log file is a restart-time setting.
+            // The list outlives reloads; its log file is a restart-time
+            // setting. Its leeway is set by `try_reload` once this build
+            // has succeeded.
             Some(p) => p.revocations.clone(),
             None => {
                 let r = Arc::new(Revocations::open(cfg.revocation.as_ref(), max_leeway)?);
@@ -263,6 +261,15 @@ fn owned_headers(cfg: &Config, claim_headers: &[HeaderName]) -> Vec<HeaderName> 
         }
     }
     owned
+}
+
+/// The largest leeway of all policies: what a bare `{jti, exp}` revocation
+/// adds, so it lasts as long as any policy could accept the token.
+fn max_leeway(auth: &[Arc<AuthSlot>]) -> u64 {
+    auth.iter()
+        .map(|s| s.current().leeway_secs())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Resolves a route's names into the parts the pipeline uses.
@@ -428,7 +435,11 @@ impl Shared {
         }
         let previous = self.current();
         let gate = Gate::build(&cfg, Some(&previous)).await?;
+        // While old and new policies both serve, the larger of their leeways.
+        let (rev, leeway) = (gate.revocations.clone(), max_leeway(&gate.auth));
+        rev.set_max_leeway(leeway.max(rev.max_leeway()));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gate);
+        rev.set_max_leeway(leeway);
         for cert in &self.certs {
             if let Err(e) = cert.reload() {
                 notes.push(format!("{e}; the previous certificate keeps serving"));

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub pool_waits: IntCounterVec,
     pub connect_errors: IntCounterVec,
     pub revocations: IntGauge,
+    pub revocation_outbox: IntGauge,
     pub rate_limit_keys: IntGaugeVec,
     pub websockets_open: IntGauge,
     pub bytes: IntCounterVec,
@@ -77,6 +78,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["upstream"],
     )?;
     let revocations = IntGauge::new("revocation_entries", "Live entries in the revocation list.")?;
+    let revocation_outbox = IntGauge::new(
+        "revocation_outbox",
+        "Revocation changes applied here and waiting for Redis (revocation.redis).",
+    )?;
     let rate_limit_keys = IntGaugeVec::new(
         Opts::new("rate_limit_keys", "Keys with a bucket, per named limit."),
         &["limit"],
@@ -107,6 +112,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(pool_waits.clone()))?;
     registry.register(Box::new(connect_errors.clone()))?;
     registry.register(Box::new(revocations.clone()))?;
+    registry.register(Box::new(revocation_outbox.clone()))?;
     registry.register(Box::new(rate_limit_keys.clone()))?;
     registry.register(Box::new(websockets_open.clone()))?;
     registry.register(Box::new(bytes.clone()))?;
@@ -121,6 +127,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         pool_waits,
         connect_errors,
         revocations,
+        revocation_outbox,
         rate_limit_keys,
         websockets_open,
         bytes,
@@ -224,6 +231,12 @@ pub fn render(gate: &Gate) -> Vec<u8> {
             .set(waiting as i64);
     }
     m.revocations.set(gate.revocations.list.len() as i64);
+    m.revocation_outbox.set(
+        gate.revocations
+            .shared
+            .as_ref()
+            .map_or(0, |s| s.outbox_len() as i64),
+    );
     for l in &gate.rate_limits {
         m.rate_limit_keys
             .with_label_values(&[l.name()])

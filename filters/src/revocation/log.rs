@@ -147,6 +147,11 @@ pub struct RevocationLog {
     len: u64,
     lines: u64,
     compact_min_lines: u64,
+    /// `file` may be the unlinked pre-compaction file (reopening the new one
+    /// failed): the next append reopens first.
+    stale: bool,
+    /// The directory fsync; replaceable so tests can make it fail.
+    sync_dir: fn(&Path) -> io::Result<()>,
 }
 
 /// Replays log bytes. Also says whether the last line lacks its newline and
@@ -268,6 +273,8 @@ impl RevocationLog {
                 len,
                 lines,
                 compact_min_lines: COMPACT_MIN_LINES,
+                stale: false,
+                sync_dir,
             },
             replay,
         ))
@@ -289,19 +296,35 @@ impl RevocationLog {
     /// Appends one event and syncs it to disk before returning. On error the
     /// file is cut back to its last whole line.
     pub fn append(&mut self, event: &LogEvent) -> io::Result<()> {
-        let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
-        line.push(b'\n');
+        self.append_all(std::slice::from_ref(event))
+    }
+
+    /// Appends events with one sync for all (entries heard from other
+    /// gates, which may come by the thousand); all or none are kept.
+    pub fn append_all(&mut self, events: &[LogEvent]) -> io::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if self.stale {
+            self.file = OpenOptions::new().append(true).open(&self.path)?;
+            self.stale = false;
+        }
+        let mut buf = Vec::new();
+        for event in events {
+            serde_json::to_writer(&mut buf, event).map_err(io::Error::other)?;
+            buf.push(b'\n');
+        }
         let written = self
             .file
-            .write_all(&line)
+            .write_all(&buf)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             // Best effort: do not leave a partial line for the next append.
             let _ = self.file.set_len(self.len);
             return Err(e);
         }
-        self.len += line.len() as u64;
-        self.lines += 1;
+        self.len += buf.len() as u64;
+        self.lines += events.len() as u64;
         Ok(())
     }
 
@@ -352,11 +375,18 @@ impl RevocationLog {
             f.sync_all()?;
         }
         fs::rename(&tmp, &self.path)?;
-        sync_dir(&self.path)?;
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        // From here the log is the new file whatever the directory fsync
+        // says: appends must go to it, not to the unlinked old one.
         self.len = len;
         self.lines = live.len() as u64;
-        Ok(())
+        match OpenOptions::new().append(true).open(&self.path) {
+            Ok(f) => self.file = f,
+            Err(e) => {
+                self.stale = true;
+                return Err(e);
+            }
+        }
+        (self.sync_dir)(&self.path)
     }
 
     /// Compacts from `list` when [`RevocationLog::needs_compaction`]; true
@@ -535,6 +565,50 @@ mod tests {
         assert!(text.contains(&k1), "{text}");
         assert!(!text.contains("\"key\":\"k1\""));
         assert!(text.ends_with("{\"op\":\"revoke\",\"key\":\"late\",\"exp\":2000}\n"));
+    }
+
+    #[test]
+    fn appends_after_a_compaction_whose_directory_fsync_failed_reach_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rev.log");
+        let (mut log, _) = RevocationLog::open(&path, 0).unwrap();
+        log.set_compact_min_lines(2);
+        for k in ["a", "b", "c"] {
+            log.append_revoke(k, 100).unwrap();
+        }
+        log.sync_dir = |_| Err(io::Error::other("injected directory fsync failure"));
+        assert!(log.compact(&[(KeyHash::of("a"), 100)]).is_err());
+        // The caller got an error for the compaction, not for this append:
+        // acknowledged, so it must be in the file that replays.
+        log.append_revoke("after", 200).unwrap();
+        drop(log);
+        let r = RevocationLog::replay(&path, 0).unwrap();
+        assert_eq!(sorted(r.entries), hashed(&[("a", 100), ("after", 200)]));
+    }
+
+    #[test]
+    fn append_all_writes_hashed_events_in_one_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rev.log");
+        let (mut log, _) = RevocationLog::open(&path, 0).unwrap();
+        log.append_all(&[
+            LogEvent::Revoke {
+                key: LogKey::Hashed(KeyHash::of("x")),
+                exp: 100,
+            },
+            LogEvent::Revoke {
+                key: LogKey::Hashed(KeyHash::of("y")),
+                exp: 100,
+            },
+            LogEvent::Remove {
+                key: LogKey::Hashed(KeyHash::of("x")),
+            },
+        ])
+        .unwrap();
+        assert_eq!(log.lines(), 3);
+        drop(log);
+        let r = RevocationLog::replay(&path, 0).unwrap();
+        assert_eq!(r.entries, hashed(&[("y", 100)]));
     }
 
     #[test]

@@ -1044,28 +1044,45 @@ pub fn unused_port() -> u16 {
         .port()
 }
 
-/// A real redis-server on a free loopback port, no persistence; killed on drop.
+/// A real redis-server on a free loopback port, no persistence, in a
+/// directory of its own (so it never loads a dump); killed on drop.
 pub struct Redis {
     child: std::process::Child,
     port: u16,
+    _dir: tempfile::TempDir,
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = unused_port();
+        Redis::start_on(unused_port())
+    }
+
+    /// On `port`, e.g. a Redis restarted empty where the gates expect it.
+    pub fn start_on(port: u16) -> Redis {
+        let dir = tempdir();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (Debian package redis-server) must be installed");
-        let r = Redis { child, port };
+        let r = Redis {
+            child,
+            port,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while r.cli(&["PING"]) != "PONG" {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
         r
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn url(&self) -> String {
@@ -1080,11 +1097,101 @@ impl Redis {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
     }
+
+    /// Kills this redis-server (by PID) and waits until it is gone.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+    }
+}
+
+/// A TCP relay to a loopback port that can go silent: after `freeze`, the
+/// connections open then stop passing bytes either way but stay open (a
+/// half-open link, as after a lost NAT entry or a dead peer host); new
+/// connections pass as before.
+pub struct Relay {
+    pub port: u16,
+    frozen_below: Arc<std::sync::atomic::AtomicU64>,
+    opened: Arc<std::sync::atomic::AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target_port: u16) -> Relay {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let opened = Arc::new(AtomicU64::new(0));
+        let (fb, op) = (frozen_below.clone(), opened.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)).await else {
+                    continue;
+                };
+                let id = op.fetch_add(1, Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, id, fb.clone()));
+                tokio::spawn(pump(sr, cw, id, fb.clone()));
+            }
+        });
+        async fn pump(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            id: u64,
+            frozen_below: Arc<std::sync::atomic::AtomicU64>,
+        ) {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if id < frozen_below.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Silent, and both sockets kept open.
+                    let _keep = (from, to);
+                    std::future::pending::<()>().await;
+                    return;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+        Relay {
+            port,
+            frozen_below,
+            opened,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Every connection open now goes silent.
+    pub fn freeze(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_below
+            .store(self.opened.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    /// Connections accepted so far.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
     }
 }
