@@ -44,7 +44,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             for token in s.split(',') {
                 let token = token.trim();
                 if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    if keep_upgrade && name == header::UPGRADE {
+                    if (keep_upgrade && name == header::UPGRADE) || is_end_to_end(&name) {
                         continue;
                     }
                     named.push(name);
@@ -68,6 +68,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Headers a client may not turn hop-by-hop by naming them in `Connection`:
+/// the message's framing and target, and the request id the gate keeps.
+fn is_end_to_end(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::HOST
+        || name == header::CONTENT_TYPE
+        || name == crate::request_id::X_REQUEST_ID
+}
+
 /// A request with more than one `Host` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DuplicateHost;
@@ -89,7 +98,40 @@ pub fn request_host(
     }
 }
 
-fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+/// Forwarding headers the gate does not set but some Python servers and
+/// middlewares believe (Werkzeug's ProxyFix, Django's
+/// `USE_X_FORWARDED_PORT`, RFC 7239 `Forwarded`): a client that is not a
+/// trusted proxy may not send them. The three the gate sets are overwritten
+/// anyway.
+pub fn strip_foreign_forwarding(headers: &mut HeaderMap) {
+    fn foreign(name: &str) -> bool {
+        name.starts_with("x-forwarded-")
+            || matches!(
+                name,
+                "forwarded"
+                    | "x-real-ip"
+                    | "x-client-ip"
+                    | "x-original-url"
+                    | "x-rewrite-url"
+                    | "x-original-forwarded-for"
+            )
+    }
+    // One pass over the names; nothing is allocated unless one is found.
+    if !headers.keys().any(|k| foreign(k.as_str())) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| foreign(k.as_str()))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// True when the peer is one of `trusted_proxies`.
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     let ip = canonical(ip);
     trusted.iter().any(|net| net.contains(&ip))
 }
@@ -281,6 +323,45 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn connection_cannot_make_framing_or_the_request_id_hop_by_hop() {
+        let mut h = hm(&[
+            (
+                "connection",
+                "content-length, host, x-request-id, content-type, x-gone",
+            ),
+            ("content-length", "5"),
+            ("host", "a"),
+            ("x-request-id", "abc"),
+            ("content-type", "text/plain"),
+            ("x-gone", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["content-length", "content-type", "host", "x-request-id"]
+        );
+    }
+
+    #[test]
+    fn foreign_forwarding_headers_go_and_others_stay() {
+        let mut h = hm(&[
+            ("forwarded", "for=8.8.8.8"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-real-ip", "8.8.8.8"),
+            ("x-original-url", "/admin"),
+            ("x-forwardedish", "kept"),
+            ("accept", "kept"),
+        ]);
+        strip_foreign_forwarding(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "x-forwardedish"]);
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub enum PathError {
     Control,
     InvalidUtf8,
     DotSegment,
+    Raw,
 }
 
 impl PathError {
@@ -60,6 +61,7 @@ impl PathError {
             PathError::Control => "the path has a control character",
             PathError::InvalidUtf8 => "the path does not decode to UTF-8",
             PathError::DotSegment => "the path has a dot-segment (/./ or /../)",
+            PathError::Raw => "the path has a byte that is not percent-encoded (non-ASCII)",
         }
     }
 }
@@ -96,6 +98,9 @@ pub fn canonicalize(path: &str, slash: EncodedSlash) -> Result<Canonical<'_>, Pa
             b'\\' => return Err(PathError::Backslash),
             // The URI parser lets no other control byte through.
             0x7f => return Err(PathError::Control),
+            // hyper passes raw UTF-8; uvicorn refuses it, and it would have
+            // to be encoded to be forwarded.
+            0x80..=0xff => return Err(PathError::Raw),
             b'.' if i > 0 && bytes[i - 1] == b'/' => dot_after_slash = true,
             _ => {}
         }
@@ -232,6 +237,8 @@ mod tests {
             ("/a/%2e%2E/b", DotSegment),
             ("/a/%2e/b", DotSegment),
             ("/a/.%2e", DotSegment),
+            ("/caf\u{e9}", Raw),
+            ("/a\u{85}%20", Raw),
         ] {
             assert_eq!(canonicalize(raw, Reject), Err(why), "{raw:?}");
         }

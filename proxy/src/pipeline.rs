@@ -60,14 +60,10 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
 ) -> Result<Response<LoggedBody>, Infallible> {
-    // Hop-by-hop headers, and those the client names in `Connection`, go
-    // before the gate sets any of its own (X-Request-Id first).
-    let is_websocket = websocket::is_upgrade(&req);
-    forwarding::strip_hop_by_hop(req.headers_mut(), is_websocket);
     let id = request_id::ensure(req.headers_mut());
     let mut log = RequestLog::start(req.method(), req.uri().path(), id.clone());
     let mut cors = None;
-    let mut resp = match process(&gate, &conn, req, is_websocket, &mut log, &mut cors).await {
+    let mut resp = match process(&gate, &conn, req, &mut log, &mut cors).await {
         Ok(resp) => resp,
         Err(rej) => {
             log.reason = Some(rej.reason());
@@ -94,11 +90,13 @@ async fn process(
     gate: &Gate,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-    is_websocket: bool,
     log: &mut RequestLog,
     cors_reply: &mut CorsReply,
 ) -> Result<Response<GateBody>, Reject> {
-    // 1. Size limits on what has arrived so far.
+    // 1. Size limits on the head as it arrived; then hop-by-hop headers (and
+    //    those the client names in `Connection`) go, before the gate adds any
+    //    of its own, and so do names a worker could fold onto one of the
+    //    gate's, and forwarding headers from a peer the gate does not trust.
     limits::check_head(
         req.method(),
         req.uri(),
@@ -107,10 +105,16 @@ async fn process(
     )
     .map_err(limit_reject)?;
     limits::check_content_length(req.headers(), gate.limits.max_body).map_err(limit_reject)?;
-    // Names a worker could fold onto a header the gate owns or decides on.
+    let is_websocket = websocket::is_upgrade(&req);
+    forwarding::strip_hop_by_hop(req.headers_mut(), is_websocket);
     header_names::strip_impostors(req.headers_mut(), &gate.owned_headers, gate.underscores);
     let host = forwarding::request_host(req.headers(), req.uri())
         .map_err(|_| Reject::BadRequest("more than one Host header"))?;
+    if let Some(h) = &host {
+        if !h.to_str().is_ok_and(hosts::is_valid) {
+            return Err(Reject::BadRequest("the Host header is not a valid host"));
+        }
+    }
     if let Some(allowed) = &gate.allowed_hosts {
         let ok = host
             .as_ref()
@@ -130,6 +134,9 @@ async fn process(
     //    on a route that does CORS, answered here.
     let client_ip = forwarding::client_ip(conn.peer_ip, req.headers(), &gate.trusted_proxies);
     log.client_ip = Some(client_ip);
+    if !forwarding::is_trusted(conn.peer_ip, &gate.trusted_proxies) {
+        forwarding::strip_foreign_forwarding(req.headers_mut());
+    }
     let preflight = match req.method() == Method::OPTIONS {
         true => cors::preflight_method(req.headers()),
         false => None,

@@ -36,12 +36,24 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
     })
 }
 
-/// An HTTP/1.1 WebSocket handshake (RFC 6455 §4.1).
+/// An HTTP/1.1 WebSocket handshake (RFC 6455 §4.1), as uvicorn tells one:
+/// exactly one `Upgrade` value, `websocket`, and no body. Anything else is
+/// plain HTTP to the worker, so it is plain HTTP to the gate too (no token
+/// from the query string, `Upgrade` removed).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.method() == http::Method::GET
-        && req.version() == http::Version::HTTP_11
-        && has_token(req.headers(), header::UPGRADE, "websocket")
-        && has_token(req.headers(), header::CONNECTION, "upgrade")
+    if req.method() != http::Method::GET || req.version() != http::Version::HTTP_11 {
+        return false;
+    }
+    let h = req.headers();
+    let mut upgrade = h.get_all(header::UPGRADE).iter();
+    let only_websocket = match (upgrade.next(), upgrade.next()) {
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"),
+        _ => false,
+    };
+    let has_body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    only_websocket && !has_body && has_token(h, header::CONNECTION, "upgrade")
 }
 
 struct OpenSession(Arc<AtomicUsize>);
