@@ -17,7 +17,7 @@
 //! | `compression.content_types` | application/json, text/*, application/javascript |
 //! | `compression.levels` | gzip 6, br 4, zstd 3 |
 //! | `cors.allow_methods` | GET, HEAD, POST |
-//! | `limits` | max_body 10MiB, max_header_bytes 16KiB, header_timeout 10s |
+//! | `limits` | max_body 10MiB, max_header_bytes 16KiB, header_timeout 10s, body_timeout 60s, max_concurrent_streams 100, max_connections 10 000, max_connections_per_ip 256, websocket_idle_timeout 10m |
 //! | `paths.encoded_slash` | reject |
 //! | `headers.underscores` | owned |
 //! | `routes.*.static.dotfiles` | false (names starting with `.` are 404; `.well-known` is served) |
@@ -59,6 +59,13 @@ pub const ZSTD_LEVEL: u32 = 3;
 pub const MAX_BODY: u64 = 10 * 1024 * 1024;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// nginx's `client_body_timeout` / `send_timeout`.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Below nginx's `http2_max_concurrent_streams` (128) and hyper's 200.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+pub const MAX_CONNECTIONS: usize = 10_000;
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// The upstream `asgi-gate run` fills with its workers' sockets.
 pub const SUPERVISED_UPSTREAM: &str = "app";
@@ -122,6 +129,11 @@ pub fn limits() -> Limits {
         max_body: MAX_BODY,
         max_header_bytes: MAX_HEADER_BYTES,
         header_timeout: HEADER_TIMEOUT,
+        body_timeout: BODY_TIMEOUT,
+        max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+        max_connections: MAX_CONNECTIONS,
+        max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
+        websocket_idle_timeout: WEBSOCKET_IDLE_TIMEOUT,
     }
 }
 

@@ -193,6 +193,11 @@ pub struct RawLimits {
     pub max_body: Option<Size>,
     pub max_header_bytes: Option<Size>,
     pub header_timeout: Option<Dur>,
+    pub body_timeout: Option<Dur>,
+    pub max_concurrent_streams: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
+    pub websocket_idle_timeout: Option<Dur>,
 }
 
 #[derive(Debug, DeriveDeserialize)]

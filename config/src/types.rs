@@ -223,8 +223,23 @@ pub struct Limits {
     pub max_body: u64,
     /// default 16 KiB
     pub max_header_bytes: usize,
-    /// default 10s: total time to receive the request head
+    /// default 10s: total time to receive the request head (and the TLS
+    /// handshake or h2 preface before it), and the longest wait for the next
+    /// request on an idle connection
     pub header_timeout: Duration,
+    /// default 60s: longest stall of a request body (client not sending) or
+    /// a response body (client not taking bytes)
+    pub body_timeout: Duration,
+    /// default 100: h2 streams in flight per client connection, so also the
+    /// most worker connections one client connection can hold
+    pub max_concurrent_streams: u32,
+    /// default 10 000: open client connections on all listeners
+    pub max_connections: usize,
+    /// default 256: open client connections from one IP address
+    pub max_connections_per_ip: usize,
+    /// default 10m: a WebSocket session with no byte either way is closed
+    /// (a route's `websocket.idle_timeout` takes precedence)
+    pub websocket_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

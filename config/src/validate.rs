@@ -1320,6 +1320,47 @@ impl Ctx<'_> {
         ) {
             l.header_timeout = d;
         }
+        if let Some(d) = self.positive(raw.body_timeout, &p.key("body_timeout"), "body_timeout") {
+            l.body_timeout = d;
+        }
+        if let Some(d) = self.positive(
+            raw.websocket_idle_timeout,
+            &p.key("websocket_idle_timeout"),
+            "websocket_idle_timeout",
+        ) {
+            l.websocket_idle_timeout = d;
+        }
+        if let Some(n) = raw.max_concurrent_streams {
+            match u32::try_from(n) {
+                Ok(n) if n > 0 => l.max_concurrent_streams = n,
+                _ => self.at_value(
+                    &p.key("max_concurrent_streams"),
+                    "max_concurrent_streams must be between 1 and 4294967295, e.g. 100",
+                ),
+            }
+        }
+        for (key, raw, slot) in [
+            (
+                "max_connections",
+                raw.max_connections,
+                &mut l.max_connections,
+            ),
+            (
+                "max_connections_per_ip",
+                raw.max_connections_per_ip,
+                &mut l.max_connections_per_ip,
+            ),
+        ] {
+            if let Some(n) = raw {
+                match usize::try_from(n) {
+                    Ok(n) if n > 0 => *slot = n,
+                    _ => self.at_value(
+                        &p.key(key),
+                        format!("{key} must be greater than zero, e.g. 256"),
+                    ),
+                }
+            }
+        }
         l
     }
 

@@ -178,6 +178,50 @@ fn minimal_loads_with_defaults() {
     assert_eq!(app.read_timeout, Duration::from_secs(30));
     assert!(c.compression.is_none());
     assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+    assert_eq!(c.limits.body_timeout, Duration::from_secs(60));
+    assert_eq!(c.limits.max_concurrent_streams, 100);
+    assert_eq!(c.limits.max_connections, 10_000);
+    assert_eq!(c.limits.max_connections_per_ip, 256);
+    assert_eq!(c.limits.websocket_idle_timeout, Duration::from_secs(600));
+}
+
+#[test]
+fn slow_client_limits_are_checked_at_their_values() {
+    let text = "\
+listen:
+  - address: 127.0.0.1:8080
+limits:
+  body_timeout: 0s
+  max_concurrent_streams: 0
+  max_connections: 0
+  max_connections_per_ip: 0
+  websocket_idle_timeout: 0s
+";
+    let errs = errors(text);
+    let at: Vec<(usize, usize)> = errs.iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(
+        at,
+        [(4, 17), (5, 27), (6, 20), (7, 27), (8, 27)],
+        "{errs:#?}"
+    );
+    assert!(errs[0].2.contains("body_timeout must be greater than zero"));
+    assert!(errs[1]
+        .2
+        .contains("max_concurrent_streams must be between 1"));
+    assert!(errs[4]
+        .2
+        .contains("websocket_idle_timeout must be greater than zero"));
+    let ok = "\
+listen:
+  - address: 127.0.0.1:8080
+limits: { body_timeout: 2s, max_concurrent_streams: 8, max_connections: 50, max_connections_per_ip: 5, websocket_idle_timeout: 1m }
+";
+    let c = load_with(ok, LoadOptions::default()).unwrap();
+    assert_eq!(c.limits.body_timeout, Duration::from_secs(2));
+    assert_eq!(c.limits.max_concurrent_streams, 8);
+    assert_eq!(c.limits.max_connections, 50);
+    assert_eq!(c.limits.max_connections_per_ip, 5);
+    assert_eq!(c.limits.websocket_idle_timeout, Duration::from_secs(60));
 }
 
 #[test]

@@ -106,6 +106,19 @@ async def big():
     return Response(content=BIG_BYTES, media_type="application/json")
 
 
+@app.get("/stream")
+async def stream(kib: int = 1024):
+    # Streamed in 64 KiB chunks: more than socket buffers hold, so a client
+    # that stops reading holds the response up.
+    chunk = b"x" * 65536
+
+    async def chunks():
+        for _ in range(max(kib, 0) // 64):
+            yield chunk
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
 @app.get("/gzipped")
 async def gzipped():
     return Response(

@@ -40,6 +40,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, conf: Admin) {
                 continue;
             }
         };
+        let header_timeout = shared.current().limits.header_timeout;
         let shared = shared.clone();
         let conf = conf.clone();
         tokio::spawn(async move {
@@ -54,7 +55,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, conf: Admin) {
                     Ok::<_, Infallible>(resp)
                 }
             });
+            // The public listener's header_timeout: the head, and the wait
+            // between keep-alive requests.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });

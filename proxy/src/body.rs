@@ -2,18 +2,22 @@
 //! on its way to the worker, cut off at `max_body`) and `GateBody` (what the
 //! client receives: the worker's stream or a small body the gate made).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
 use crate::upstream::Lease;
+use crate::watch::Stall;
 
 /// Response bytes as the worker sent them (before compression).
 static UPSTREAM_BYTES: std::sync::LazyLock<Option<prometheus::IntCounter>> =
@@ -30,23 +34,34 @@ pub enum RequestBodyError {
     TooLarge { max: u64 },
     #[error("client body error: {0}")]
     Client(#[source] hyper::Error),
+    #[error("the client sent no request body bytes for {0:?}")]
+    TimedOut(Duration),
 }
 
-/// The client's body, failing once more than `max` bytes arrived. The error
-/// aborts the upstream request, so the worker sees an incomplete body, never
-/// a truncated one that looks whole.
+/// The client's body, failing once more than `max` bytes arrived or when
+/// no byte came for `timeout`. The error aborts the upstream request, so the
+/// worker sees an incomplete body, never a truncated one that looks whole,
+/// and its connection is closed rather than pooled. It is polled by the
+/// worker connection's task, which is woken by the timer.
 pub struct RequestBody {
     inner: Option<Incoming>,
     seen: u64,
     max: u64,
+    timeout: Duration,
+    /// Made at the first wait; armed at the first wait after bytes moved.
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, max: u64) -> Self {
+    pub fn new(inner: Incoming, max: u64, timeout: Duration) -> Self {
         RequestBody {
             inner: Some(inner),
             seen: 0,
             max,
+            timeout,
+            sleep: None,
+            armed: false,
         }
     }
 
@@ -56,7 +71,26 @@ impl RequestBody {
             inner: None,
             seen: 0,
             max: 0,
+            timeout: Duration::ZERO,
+            sleep: None,
+            armed: false,
         }
+    }
+
+    /// The client has nothing for us: true once that lasted `timeout`.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if !self.armed {
+                    s.as_mut().reset(tokio::time::Instant::now() + timeout);
+                }
+                s
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep(timeout))),
+        };
+        self.armed = true;
+        sleep.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -71,11 +105,23 @@ impl Body for RequestBody {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = match ready!(Pin::new(inner).poll_frame(cx)) {
-            None => return Poll::Ready(None),
-            Some(Err(e)) => return Poll::Ready(Some(Err(RequestBodyError::Client(e)))),
-            Some(Ok(f)) => f,
+        let frame = match Pin::new(inner).poll_frame(cx) {
+            Poll::Pending => {
+                if self.stalled(cx) {
+                    self.inner = None;
+                    crate::metrics::client_cutoff("request_body");
+                    let t = self.timeout;
+                    return Poll::Ready(Some(Err(RequestBodyError::TimedOut(t))));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                return Poll::Ready(Some(Err(RequestBodyError::Client(e))))
+            }
+            Poll::Ready(Some(Ok(f))) => f,
         };
+        self.armed = false;
         if let Some(data) = frame.data_ref() {
             self.seen += data.len() as u64;
             if self.seen > self.max {
@@ -104,6 +150,9 @@ impl Body for RequestBody {
 pub struct InFlight {
     counter: Arc<AtomicUsize>,
     lease: Option<Lease>,
+    /// Where the response body tells its task's watch that it waits for the
+    /// client (see `watch.rs`); cleared when this ends.
+    stall: Option<Arc<Stall>>,
 }
 
 impl InFlight {
@@ -112,6 +161,7 @@ impl InFlight {
         InFlight {
             counter: counter.clone(),
             lease: None,
+            stall: None,
         }
     }
 
@@ -139,6 +189,9 @@ fn finish(guard: &mut Option<InFlight>) {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.counter.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = &self.stall {
+            s.polled();
+        }
     }
 }
 
@@ -174,13 +227,23 @@ impl GateBody {
         }
     }
 
-    pub fn upstream(body: Incoming, guard: InFlight) -> Self {
-        let mut guard = Some(guard);
+    pub fn upstream(body: Incoming, mut guard: InFlight) -> Self {
         // An empty body (204, HEAD, Content-Length: 0) is never polled.
         if body.is_end_stream() {
+            let mut guard = Some(guard);
             finish(&mut guard);
+            return GateBody::Upstream { body, guard };
         }
-        GateBody::Upstream { body, guard }
+        // Until hyper first polls it (an h2 stream may never get a window),
+        // the client holds it up.
+        guard.stall = Stall::current();
+        if let Some(s) = &guard.stall {
+            s.handed();
+        }
+        GateBody::Upstream {
+            body,
+            guard: Some(guard),
+        }
     }
 }
 
@@ -194,6 +257,10 @@ impl Body for GateBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project() {
             GateBodyProj::Upstream { mut body, guard } => {
+                let stall = guard.as_ref().and_then(|g| g.stall.as_deref());
+                if let Some(s) = stall {
+                    s.polled();
+                }
                 let r = ready!(body.as_mut().poll_frame(cx));
                 match &r {
                     // Release the worker slot as soon as its response is
@@ -205,6 +272,8 @@ impl Body for GateBody {
                         }
                         if body.is_end_stream() {
                             finish(guard);
+                        } else if let Some(s) = guard.as_ref().and_then(|g| g.stall.as_deref()) {
+                            s.handed();
                         }
                     }
                     // The connection is not reused: dropping the lease closes it.

@@ -15,7 +15,6 @@ use asgi_gate_config::{
 use asgi_gate_filters::ratelimit::{KeyKind, LimitParams, RateLimit, RateLimitError};
 use asgi_gate_filters::{cors, forwarding, header_names, path, request_id, security_headers};
 use http::{HeaderName, HeaderValue};
-use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 
@@ -52,7 +51,7 @@ pub struct Gate {
     /// WebSocket sessions currently relayed.
     pub websockets_open: Arc<AtomicUsize>,
     /// hyper's settings from `limits`, for connections accepted from now on.
-    pub conn: auto::Builder<TokioExecutor>,
+    pub conn: auto::Builder<crate::watch::GateExec>,
 }
 
 #[derive(Debug, thiserror::Error)]

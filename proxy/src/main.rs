@@ -23,6 +23,7 @@ mod static_files;
 mod supervisor;
 mod tls;
 mod upstream;
+mod watch;
 mod websocket;
 
 use std::path::{Path, PathBuf};

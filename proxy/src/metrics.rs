@@ -28,6 +28,7 @@ pub struct Metrics {
     pub bytes: IntCounterVec,
     pub reloads: IntCounterVec,
     pub worker_restarts: IntCounter,
+    pub slow_clients: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -105,6 +106,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "worker_restarts_total",
         "Workers restarted by the supervisor after they exited.",
     )?;
+    let slow_clients = IntCounterVec::new(
+        Opts::new(
+            "client_cutoffs_total",
+            "Client connections or streams the gate ended: a body stalled past body_timeout, no request within header_timeout, or over a connection cap.",
+        ),
+        &["reason"],
+    )?;
+    registry.register(Box::new(slow_clients.clone()))?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(duration.clone()))?;
     registry.register(Box::new(rejections.clone()))?;
@@ -133,6 +142,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         bytes,
         reloads,
         worker_restarts,
+        slow_clients,
     })
 }
 
@@ -249,4 +259,13 @@ pub fn render(gate: &Gate) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&m.registry.gather(), &mut out);
     out
+}
+
+/// `asgi_gate_client_cutoffs_total{reason}`: `request_body`, `response_body`,
+/// `first_request`, `idle`, `connection_limit`. Rare events, so the label is
+/// looked up each time.
+pub fn client_cutoff(reason: &str) {
+    if let Some(m) = get() {
+        m.slow_clients.with_label_values(&[reason]).inc();
+    }
 }

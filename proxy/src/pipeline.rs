@@ -226,7 +226,10 @@ async fn process(
             Box::pin(files.serve(&parts.method, parts.uri.path(), &parts.headers)).await?
         }
         None => {
-            let req = Request::from_parts(parts, RequestBody::new(body, gate.limits.max_body));
+            let req = Request::from_parts(
+                parts,
+                RequestBody::new(body, gate.limits.max_body, gate.limits.body_timeout),
+            );
             let upstream = gate
                 .upstreams
                 .get(route.upstream)

@@ -25,6 +25,8 @@ pub enum Reject {
     /// The `Allow` header value: the methods the path does accept.
     MethodNotAllowed(HeaderValue),
     PayloadTooLarge,
+    /// The request body stalled past `body_timeout`.
+    RequestTimeout,
     HeadersTooLarge,
     /// `Retry-After`, `RateLimit-Policy`, `RateLimit` of the limit that refused.
     RateLimited(Box<[(HeaderName, HeaderValue); 3]>),
@@ -48,6 +50,7 @@ impl Reject {
             Reject::NotFound => StatusCode::NOT_FOUND,
             Reject::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Reject::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Reject::BadGateway => StatusCode::BAD_GATEWAY,
@@ -65,6 +68,7 @@ impl Reject {
             Reject::Forbidden(_) => "forbidden",
             Reject::NotFound | Reject::MethodNotAllowed(_) => "no_route",
             Reject::PayloadTooLarge => "body_limit",
+            Reject::RequestTimeout => "body_timeout",
             Reject::HeadersTooLarge => "header_limit",
             Reject::RateLimited(_) => "rate_limit",
             Reject::BadGateway | Reject::ServiceUnavailable | Reject::GatewayTimeout => "upstream",
@@ -80,6 +84,7 @@ impl Reject {
             Reject::NotFound => "not_found",
             Reject::MethodNotAllowed(_) => "method_not_allowed",
             Reject::PayloadTooLarge => "payload_too_large",
+            Reject::RequestTimeout => "request_timeout",
             Reject::HeadersTooLarge => "headers_too_large",
             Reject::RateLimited(_) => "rate_limited",
             Reject::BadGateway => "bad_gateway",
@@ -96,6 +101,7 @@ impl Reject {
             Reject::NotFound => "no route matches this path",
             Reject::MethodNotAllowed(_) => "this path does not accept this method",
             Reject::PayloadTooLarge => "request body is larger than the gate accepts",
+            Reject::RequestTimeout => "the request body stopped arriving",
             Reject::HeadersTooLarge => "request headers are larger than the gate accepts",
             Reject::RateLimited(_) => "too many requests; retry after the time in Retry-After",
             Reject::BadGateway => "the application is not reachable",
@@ -181,6 +187,23 @@ pub fn response(rej: &Reject) -> Response<GateBody> {
         _ => {}
     }
     resp
+}
+
+/// A rejection written straight to a socket as the whole HTTP/1.1 answer,
+/// for a connection refused before hyper takes it (over a connection cap).
+pub fn raw_http1(rej: &Reject) -> Vec<u8> {
+    let Prepared { body, .. } = prepared(rej);
+    let status = rej.status();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 #[cfg(test)]

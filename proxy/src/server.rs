@@ -2,24 +2,29 @@
 //! against slow clients, serve HTTP/1.1 and h2c on one port (hyper-util's
 //! auto builder), and drain in-flight requests on SIGTERM/SIGINT.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use std::path::PathBuf;
 
 use asgi_gate_config::{Config, Limits, LoadOptions};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::admin;
 use crate::gate::{Gate, ReloadError, Shared};
 use crate::pipeline::{self, ConnInfo};
+use crate::reject::{self, Reject};
 use crate::tls::Tls;
+use crate::watch::{ConnActivity, ConnTask, GateExec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -104,6 +109,7 @@ pub async fn serve_until(
 
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let open = Arc::new(OpenConns::default());
     let mut accept_tasks = Vec::new();
     for (listener, tls) in listeners {
         accept_tasks.push(tokio::spawn(accept_loop(
@@ -112,6 +118,7 @@ pub async fn serve_until(
             shared.clone(),
             graceful.clone(),
             stop_rx.clone(),
+            open.clone(),
         )));
     }
     drop(stop_rx);
@@ -151,14 +158,26 @@ pub fn head_hard_cap(max_header_bytes: usize) -> usize {
 /// bare 431.
 const MAX_HEADER_FIELDS: usize = 1024;
 
+/// h2 PING every this long on a connection with streams in flight; no
+/// answer within `H2_PING_TIMEOUT` closes it (a peer that vanished).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// TCP keepalive on accepted sockets: a peer gone without a FIN is found
+/// after 60 s idle + 5 probes 10 s apart.
+const TCP_KEEPIDLE: Duration = Duration::from_secs(60);
+const TCP_KEEPINTVL: Duration = Duration::from_secs(10);
+const TCP_KEEPCNT: u32 = 5;
+
 /// The connection settings that come from `limits`, built with the gate (so
 /// a reload applies them to new connections).
-pub fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+pub fn connection_builder(limits: &Limits) -> auto::Builder<GateExec> {
+    let mut b = auto::Builder::new(GateExec);
     let cap = head_hard_cap(limits.max_header_bytes);
     // hyper's read buffer grows only as a head needs it: the memory is spent
     // on big heads only. (It also bounds the response bytes queued for a slow
-    // client, at most 16 body chunks.)
+    // client, at most 16 body chunks.) The header timer also runs between
+    // keep-alive requests: that is the idle close of an h1 connection.
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -168,10 +187,88 @@ pub fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     // h2 counts 32 bytes more per field (RFC 7541 §4.1), and a head within
     // max_header_bytes has at most max_header_bytes/4 fields.
     let h2 = cap.saturating_add(limits.max_header_bytes.saturating_mul(8));
+    // Each stream in flight may hold a worker connection: the stream cap is
+    // the cap on worker connections one client connection can hold.
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(h2).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(h2).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     b
+}
+
+/// Open client connections, in total and per IP, against `limits`.
+#[derive(Default)]
+struct OpenConns {
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection; counted down when dropped.
+struct ConnSlot {
+    open: Arc<OpenConns>,
+    ip: IpAddr,
+}
+
+impl OpenConns {
+    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Option<ConnSlot> {
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = TOTAL.load(std::sync::atomic::Ordering::Relaxed);
+        let n = m.get(&ip).copied().unwrap_or(0);
+        if total >= limits.max_connections || n >= limits.max_connections_per_ip {
+            return None;
+        }
+        m.insert(ip, n + 1);
+        TOTAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(ConnSlot {
+            open: self.clone(),
+            ip,
+        })
+    }
+}
+
+static TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut m = self.open.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+        TOTAL.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A peer gone without a FIN (power loss, NAT timeout) is found by the
+/// kernel rather than held forever.
+fn set_tcp_keepalive(stream: &TcpStream) {
+    use rustix::net::sockopt;
+    let r = sockopt::set_socket_keepalive(stream, true)
+        .and_then(|()| sockopt::set_tcp_keepidle(stream, TCP_KEEPIDLE))
+        .and_then(|()| sockopt::set_tcp_keepintvl(stream, TCP_KEEPINTVL))
+        .and_then(|()| sockopt::set_tcp_keepcnt(stream, TCP_KEEPCNT));
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
+
+/// Over a connection cap: a plain listener answers 503 JSON and closes; a
+/// TLS one closes at once (a handshake per refused connection is the CPU an
+/// overload should not spend).
+async fn refuse(mut stream: TcpStream, tls: bool) {
+    crate::metrics::client_cutoff("connection_limit");
+    if tls {
+        return;
+    }
+    let answer = reject::raw_http1(&Reject::ServiceUnavailable);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 async fn accept_loop(
@@ -180,6 +277,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
+    open: Arc<OpenConns>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -195,77 +293,142 @@ async fn accept_loop(
                 continue;
             }
         };
+        let accepted_at = Instant::now();
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         // The settings current when the connection is accepted, for its
         // whole life.
-        let (builder, header_timeout) = {
+        let (builder, limits) = {
             let gate = shared.current();
-            (gate.conn.clone(), gate.limits.header_timeout)
+            (gate.conn.clone(), gate.limits.clone())
         };
+        let Some(slot) = open.admit(peer.ip(), &limits) else {
+            tracing::debug!(%peer, "over a connection cap; refused");
+            tokio::spawn(refuse(stream, tls.is_some()));
+            continue;
+        };
+        set_tcp_keepalive(&stream);
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            // One deadline from the accept: TLS handshake, h2 preface and the
+            // first request head all within header_timeout.
+            let first_by = accepted_at + limits.header_timeout;
+            let act = ConnActivity::new(limits.body_timeout);
             let Some(tls) = tls else {
-                if request_started(&stream, header_timeout).await {
-                    let info = ConnInfo::new(peer, "http");
-                    serve_connection(TokioIo::new(stream), info, shared, builder, watcher).await;
-                }
+                let Some(h2) = request_started(&stream, first_by).await else {
+                    crate::metrics::client_cutoff("first_request");
+                    return;
+                };
+                let info = ConnInfo::new(peer, "http");
+                let conn = Conn {
+                    builder,
+                    watcher,
+                    act,
+                    h2,
+                    header_timeout: limits.header_timeout,
+                    first_by,
+                };
+                serve_connection(TokioIo::new(stream), info, shared, conn).await;
                 return;
             };
-            // The handshake counts against the same budget as a request head.
-            match tokio::time::timeout(header_timeout, tls.acceptor().accept(stream)).await {
+            match tokio::time::timeout_at(first_by, tls.acceptor().accept(stream)).await {
                 Ok(Ok(stream)) => {
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let info = ConnInfo::new(peer, "https");
-                    serve_connection(TokioIo::new(stream), info, shared, builder, watcher).await;
+                    let conn = Conn {
+                        builder,
+                        watcher,
+                        act,
+                        h2,
+                        header_timeout: limits.header_timeout,
+                        first_by,
+                    };
+                    serve_connection(TokioIo::new(stream), info, shared, conn).await;
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                Err(_) => {
+                    crate::metrics::client_cutoff("first_request");
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
             }
         });
     }
 }
 
+/// How one accepted connection is served.
+struct Conn {
+    builder: auto::Builder<GateExec>,
+    watcher: hyper_util::server::graceful::Watcher,
+    act: Arc<ConnActivity>,
+    h2: bool,
+    header_timeout: Duration,
+    first_by: Instant,
+}
+
 /// HTTP/1.1 or h2 (prior knowledge, or ALPN under TLS) on one connection,
 /// each request on the config current when it starts.
-async fn serve_connection<I>(
-    io: I,
-    info: ConnInfo,
-    shared: Arc<Shared>,
-    builder: auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
+async fn serve_connection<I>(io: I, info: ConnInfo, shared: Arc<Shared>, conn: Conn)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = info.peer;
     // Shared by the connection's requests: a reference count each, not a copy.
     let info = Arc::new(info);
-    let svc = service_fn(move |req| pipeline::handle(shared.current(), info.clone(), req));
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
+    let act = conn.act.clone();
+    let svc = service_fn(move |req| {
+        act.request_started();
+        pipeline::handle(shared.current(), info.clone(), req)
+    });
+    let hyper_conn = conn.builder.serve_connection_with_upgrades(io, svc);
+    let task = ConnTask::new(
+        conn.watcher.watch(hyper_conn.into_owned()),
+        conn.act,
+        conn.h2,
+        conn.header_timeout,
+        conn.first_by,
+    );
+    if let Some(Err(e)) = task.await {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }
 
-/// Waits until the client has sent enough to tell HTTP/1 from h2c, within
-/// `limit`. A connection that sends nothing, or stalls inside the h2
-/// preface, is closed: hyper-util's version detection has no timeout.
-async fn request_started(stream: &TcpStream, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
+/// Waits until the client has sent enough to tell HTTP/1 from h2c, by
+/// `deadline`: `Some(true)` for h2c. A connection that sends nothing, or
+/// stalls inside the h2 preface, is closed: hyper-util's version detection
+/// has no timeout.
+async fn request_started(stream: &TcpStream, deadline: Instant) -> Option<bool> {
     let mut buf = [0u8; 24];
+    let mut have = 0;
     loop {
-        match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
-            Ok(Ok(n)) => {
-                if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
-                    return true;
-                }
-                // Only a partial h2 preface gets here: wait for the rest.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                if tokio::time::Instant::now() >= deadline {
-                    return false;
-                }
+        // Woken by new bytes only: a peek that finds no more than last time
+        // clears the readiness.
+        tokio::time::timeout_at(deadline, stream.readable())
+            .await
+            .ok()?
+            .ok()?;
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let (_, n) = rustix::net::recv(stream, &mut buf[..], rustix::net::RecvFlags::PEEK)?;
+            if n == have && n != 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
             }
+            Ok(n)
+        });
+        match peeked {
+            Ok(0) => return None,
+            Ok(n) => {
+                have = n;
+                if buf[..n] != H2_PREFACE[..n] {
+                    return Some(false);
+                }
+                if n >= H2_PREFACE.len() {
+                    return Some(true);
+                }
+                // A partial h2 preface: wait for more.
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return None,
         }
     }
 }

@@ -430,6 +430,7 @@ impl Upstream {
                     RequestBodyError::Client(_) => {
                         Reject::BadRequest("the request body was cut off or malformed")
                     }
+                    RequestBodyError::TimedOut(_) => Reject::RequestTimeout,
                 };
             }
             source = err.source();

@@ -70,31 +70,89 @@ impl Drop for OpenSession {
 const LINGER: Duration = Duration::from_secs(2);
 
 /// Copies bytes both ways until either side closes, then lets the other
-/// direction drain for at most `LINGER`.
-async fn copy_both_ways<C, W>(client: C, worker: W)
+/// direction drain for at most `LINGER`. No byte either way for `idle` ends
+/// the session (both sockets closed: without frame tracking the gate cannot
+/// place a Close frame).
+async fn copy_both_ways<C, W>(client: C, worker: W, idle: Duration)
 where
     C: AsyncRead + AsyncWrite,
     W: AsyncRead + AsyncWrite,
 {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut worker_rx, mut worker_tx) = tokio::io::split(worker);
+    let activity = Activity::new();
     let upstream = async {
-        let r = tokio::io::copy(&mut client_rx, &mut worker_tx).await;
+        let r = pump(&mut client_rx, &mut worker_tx, &activity).await;
         let _ = worker_tx.shutdown().await;
         r
     };
     let downstream = async {
-        let r = tokio::io::copy(&mut worker_rx, &mut client_tx).await;
+        let r = pump(&mut worker_rx, &mut client_tx, &activity).await;
         let _ = client_tx.shutdown().await;
         r
     };
-    tokio::pin!(upstream, downstream);
+    let quiet = activity.quiet_for(idle);
+    tokio::pin!(upstream, downstream, quiet);
     let first = tokio::select! {
         r = &mut upstream => { let _ = tokio::time::timeout(LINGER, downstream).await; r }
         r = &mut downstream => { let _ = tokio::time::timeout(LINGER, upstream).await; r }
+        () = &mut quiet => {
+            tracing::debug!(?idle, "idle websocket session closed");
+            Ok(())
+        }
     };
     if let Err(e) = first {
         tracing::debug!(error = %e, "websocket relay ended");
+    }
+}
+
+/// Copies until EOF, noting each read in `activity`.
+async fn pump<R, W>(rx: &mut R, tx: &mut W, activity: &Activity) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    loop {
+        let n = rx.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        activity.touch();
+        tx.write_all(&buf[..n]).await?;
+    }
+}
+
+/// When a session last moved a byte.
+struct Activity {
+    /// Milliseconds since `start` of the last byte either way.
+    last: AtomicU64,
+    start: Instant,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            last: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once no byte moved for `timeout`.
+    async fn quiet_for(&self, timeout: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let quiet = self.start.elapsed().saturating_sub(last);
+            if quiet >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - quiet).await;
+        }
     }
 }
 
@@ -133,6 +191,7 @@ pub fn relay(
     forwarding::strip_hop_by_hop(&mut parts.headers, true);
     gate.websockets_open.fetch_add(1, Ordering::Relaxed);
     let session = OpenSession(gate.websockets_open.clone());
+    let idle = gate.limits.websocket_idle_timeout;
     tokio::spawn(async move {
         let _session = session;
         let mut in_flight = in_flight;
@@ -140,8 +199,10 @@ pub fn relay(
         in_flight.release_connection();
         match (client, worker) {
             (Ok(client), Ok(worker)) => match limits {
-                None => copy_both_ways(TokioIo::new(client), TokioIo::new(worker)).await,
-                Some(l) => relay_limited(&l, TokioIo::new(client), TokioIo::new(worker)).await,
+                None => copy_both_ways(TokioIo::new(client), TokioIo::new(worker), idle).await,
+                Some(l) => {
+                    relay_limited(&l, TokioIo::new(client), TokioIo::new(worker), idle).await
+                }
             },
             (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -212,7 +273,7 @@ impl Ending {
 /// Like `copy_both_ways`, reading frame headers: client messages are checked
 /// against the limits before they are forwarded, and the worker's frames are
 /// tracked so the gate's Close frame never cuts one.
-async fn relay_limited<C, W>(limits: &Limits, client: C, worker: W)
+async fn relay_limited<C, W>(limits: &Limits, client: C, worker: W, default_idle: Duration)
 where
     C: AsyncRead + AsyncWrite,
     W: AsyncRead + AsyncWrite,
@@ -275,9 +336,7 @@ where
         }
     };
     let idle = async {
-        let Some(timeout) = limits.idle_timeout else {
-            return std::future::pending::<()>().await;
-        };
+        let timeout = limits.idle_timeout.unwrap_or(default_idle);
         loop {
             let last = Duration::from_millis(ending.last_activity.load(Ordering::Relaxed));
             let quiet = ending.start.elapsed().saturating_sub(last);
