@@ -360,25 +360,12 @@ async fn a_killed_worker_fails_only_the_posts_it_had_started() {
 
     let load = Load::start(g.addr, 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
     a.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let tally = load.stop().await;
 
-    let gets: Vec<_> = tally
-        .failed
-        .iter()
-        .filter(|(m, _)| m == Method::GET)
-        .collect();
-    assert!(gets.is_empty(), "GETs failed: {gets:?}; log:\n{}", g.log());
-    let posts: Vec<_> = tally
-        .failed
-        .iter()
-        .filter(|(m, _)| m == Method::POST)
-        .collect();
-    assert!(
-        posts.len() <= 2 && posts.iter().all(|(_, s)| s.starts_with("502")),
-        "POST failures beyond those in flight on the killed worker: {posts:?}"
-    );
+    tally.assert_only_dying_posts_failed(killed, &g.log());
     let mut post_502 = 0;
     for (method, task) in slow {
         let r = task.await.unwrap();
@@ -392,7 +379,6 @@ async fn a_killed_worker_fails_only_the_posts_it_had_started() {
         }
     }
     assert_eq!(post_502, 1, "exactly the POST on the killed worker fails");
-    assert!(tally.ok > 50, "the load did not flow: {tally:?}");
 }
 
 /// Health probes do not queue behind a full pool: two slow requests hold

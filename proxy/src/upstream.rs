@@ -469,8 +469,11 @@ impl Upstream {
     /// Out of the rotation until a check finds it answering again (within
     /// [`RECHECK`]).
     fn mark_down(&self, worker: &Worker) {
-        worker.set_healthy(false);
-        self.down.notify_one();
+        // Only on the change: a wake-up per failed request would keep
+        // pushing the recheck back while every worker is down.
+        if worker.healthy.swap(false, Ordering::Relaxed) {
+            self.down.notify_one();
+        }
     }
 
     /// Sends the request to a worker and returns its response head. The

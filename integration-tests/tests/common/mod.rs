@@ -1103,8 +1103,26 @@ pub struct Load {
 #[derive(Debug, Default)]
 pub struct Tally {
     pub ok: u64,
-    /// (method, status or error)
-    pub failed: Vec<(Method, String)>,
+    /// (method, status or error, when the answer came)
+    pub failed: Vec<(Method, String, Instant)>,
+}
+
+impl Tally {
+    /// Asserts what a worker SIGKILLed at `killed` may cost the load: no GET
+    /// (idempotent and bodiless, so retried); only POSTs that were at the
+    /// worker as it died — in flight, or written while its socket was still
+    /// open (a few ms) — as 502.
+    pub fn assert_only_dying_posts_failed(&self, killed: Instant, log: &str) {
+        for (m, what, at) in &self.failed {
+            let after = at.saturating_duration_since(killed);
+            assert!(
+                *m == Method::POST && what.starts_with("502") && after < Duration::from_millis(300),
+                "{m} failed with {what} {after:?} after the kill; all failures: {:?}; log:\n{log}",
+                self.failed
+            );
+        }
+        assert!(self.ok > 50, "the load did not flow: {} ok", self.ok);
+    }
 }
 
 impl Load {
@@ -1127,7 +1145,11 @@ impl Load {
                             None => match H1::connect(addr).await {
                                 Ok(c) => conn.insert(c),
                                 Err(e) => {
-                                    tally.failed.push((method.clone(), format!("connect: {e}")));
+                                    tally.failed.push((
+                                        method.clone(),
+                                        format!("connect: {e}"),
+                                        Instant::now(),
+                                    ));
                                     tokio::time::sleep(Duration::from_millis(10)).await;
                                     continue;
                                 }
@@ -1141,11 +1163,15 @@ impl Load {
                         .unwrap();
                         match c.send(r).await {
                             Ok(resp) if resp.status == 200 => tally.ok += 1,
-                            Ok(resp) => {
-                                tally.failed.push((method.clone(), resp.status.to_string()))
-                            }
+                            Ok(resp) => tally.failed.push((
+                                method.clone(),
+                                resp.status.to_string(),
+                                Instant::now(),
+                            )),
                             Err(e) => {
-                                tally.failed.push((method.clone(), e.to_string()));
+                                tally
+                                    .failed
+                                    .push((method.clone(), e.to_string(), Instant::now()));
                                 conn = None;
                             }
                         }
