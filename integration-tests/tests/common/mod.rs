@@ -1009,86 +1009,6 @@ where
     }
 }
 
-/// The headers an /echo response says the worker received, lower-case names.
-pub fn echoed_headers(echo: &serde_json::Value) -> Vec<(String, String)> {
-    echo["headers"]
-        .as_array()
-        .expect("headers array")
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_string(),
-                p[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-/// All values of header `name` the worker received.
-pub fn echoed(echo: &serde_json::Value, name: &str) -> Vec<String> {
-    echoed_headers(echo)
-        .into_iter()
-        .filter(|(k, _)| k == name)
-        .map(|(_, v)| v)
-        .collect()
-}
-
-// ---------------------------------------------------------------- Redis
-
-/// A loopback port nothing listens on (just released by the OS).
-pub fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A real redis-server on a free loopback port, no persistence; killed on drop.
-pub struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    pub fn start() -> Redis {
-        let port = unused_port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) must be installed");
-        let r = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while r.cli(&["PING"]) != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        r
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    pub fn cli(&self, args: &[&str]) -> String {
-        std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---------------------------------------------------------------- load
 
 /// Client loops, each on its own keep-alive connection, until stopped: loop
@@ -1193,5 +1113,85 @@ impl Load {
             all.failed.extend(t.failed);
         }
         all
+    }
+}
+
+/// The headers an /echo response says the worker received, lower-case names.
+pub fn echoed_headers(echo: &serde_json::Value) -> Vec<(String, String)> {
+    echo["headers"]
+        .as_array()
+        .expect("headers array")
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// All values of header `name` the worker received.
+pub fn echoed(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echoed_headers(echo)
+        .into_iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+// ---------------------------------------------------------------- Redis
+
+/// A loopback port nothing listens on (just released by the OS).
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real redis-server on a free loopback port, no persistence; killed on drop.
+pub struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = unused_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        let r = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.cli(&["PING"]) != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
