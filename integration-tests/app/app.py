@@ -141,7 +141,7 @@ async def sse():
     )
 
 
-@app.get("/slow")
+@app.api_route("/slow", methods=["GET", "POST"])
 async def slow(ms: int = 500):
     _Inflight.current += 1
     _Inflight.max = max(_Inflight.max, _Inflight.current)

@@ -308,3 +308,127 @@ async fn abandoned_requests_free_their_pool_slots() {
     // A leaked slot shows as 503 after connect_timeout (1 s).
     assert_eq!(r.status, 200, "after {:?}: {}", t0.elapsed(), r.text());
 }
+
+/// In flight on worker A when it is SIGKILLed: a slow GET and a slow POST.
+/// Two workers, steady load of GETs and small POSTs. The GET got no byte of
+/// an answer, so it goes again to B; the POST was sent and cannot be
+/// replayed: 502. Of the load, no GET fails, and a POST only if it was at A
+/// when A died (at most one per POST loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_fails_only_the_posts_it_had_started() {
+    let mut a = Worker::start().await;
+    let b = Worker::start().await;
+    let g = Gate::start(&config_sockets(
+        &[&a.sock, &b.sock],
+        "connect_timeout: 1s\nread_timeout: 30s",
+        "",
+    ))
+    .await;
+    let in_flight = || async {
+        let a = a.direct(Method::GET, "/concurrency").await.json()["current"].as_u64();
+        let b = b.direct(Method::GET, "/concurrency").await.json()["current"].as_u64();
+        a.unwrap() + b.unwrap()
+    };
+    // Least outstanding, ties to the first: GET → A, GET → B, POST → A, POST → B.
+    let mut slow = Vec::new();
+    for (k, method) in [Method::GET, Method::GET, Method::POST, Method::POST]
+        .into_iter()
+        .enumerate()
+    {
+        let addr = g.addr;
+        let m = method.clone();
+        slow.push((
+            method,
+            tokio::spawn(async move {
+                let r = req(m, addr, "/slow?ms=2000")
+                    .body(http_body_util::Full::default())
+                    .unwrap();
+                send_h1(addr, r).await.unwrap()
+            }),
+        ));
+        let want = k as u64 + 1;
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                in_flight().await == want
+            })
+            .await,
+            "slow request {k} never reached a worker"
+        );
+    }
+    let on_a = a.direct(Method::GET, "/concurrency").await.json()["current"].clone();
+    assert_eq!(on_a, 2, "expected two slow requests on worker A");
+
+    let load = Load::start(g.addr, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tally = load.stop().await;
+
+    tally.assert_only_dying_posts_failed(killed, &g.log());
+    let mut post_502 = 0;
+    for (method, task) in slow {
+        let r = task.await.unwrap();
+        match method {
+            Method::GET => {
+                assert_eq!(r.status, 200, "slow GET: {}", r.text());
+                assert_eq!(r.json()["pid"], b.pid(), "answered by the survivor");
+            }
+            _ if r.status == 502 => post_502 += 1,
+            _ => assert_eq!(r.status, 200, "slow POST: {}", r.text()),
+        }
+    }
+    assert_eq!(post_502, 1, "exactly the POST on the killed worker fails");
+}
+
+/// Health probes do not queue behind a full pool: two slow requests hold
+/// both of `max_connections: 2`, probes run every 200 ms, and the gate
+/// stays ready (a busy worker answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_stays_200_while_the_pool_is_full() {
+    let w = Worker::start().await;
+    let g = Gate::start(&config(
+        &w.sock,
+        "pool: {max_idle: 2, max_connections: 2}\nconnect_timeout: 300ms\n\
+         health_check: {path: /healthz, interval: 200ms}",
+        "",
+    ))
+    .await;
+    let ready = || {
+        let admin = g.admin;
+        async move { get(admin, "/readyz").await.status }
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async { ready().await == 200 }).await,
+        "/readyz not 200 with an idle worker"
+    );
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let addr = g.addr;
+        slow.push(tokio::spawn(
+            async move { get(addr, "/slow?ms=3000").await },
+        ));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            w.direct(Method::GET, "/concurrency").await.json()["current"] == 2
+        })
+        .await,
+        "the slow requests never reached the worker"
+    );
+    // Ten probe intervals with the pool at its cap.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let s = ready().await;
+        assert_eq!(
+            s,
+            200,
+            "/readyz went {s} while the pool was full; log:\n{}",
+            g.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for t in slow {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+}

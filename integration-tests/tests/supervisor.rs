@@ -259,6 +259,84 @@ async fn two_workers_serve_and_a_killed_one_comes_back() {
     );
 }
 
+/// Under steady load, a SIGKILLed worker costs no GET (a GET it had in flight
+/// got no answer and goes to the other worker) and at most the POSTs it had
+/// started (one per POST loop); its replacement takes traffic within 1 s of
+/// its socket answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_costs_no_get_and_its_replacement_serves_within_1s() {
+    let g = RunGate::start(2, uvicorn_cmd(&[])).await;
+    let load = Load::start(g.addr, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let victim = pid_of(g.addr, "/pid").await.expect("pid");
+    let log = g.log();
+    let socket = log
+        .lines()
+        .filter(|l| l.contains("worker started") && l.contains(&format!("pid={victim} ")))
+        .find_map(|l| l.split("socket=").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no socket for pid {victim} in the log:\n{log}"));
+    let killed = Instant::now();
+    unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+
+    // The replacement's socket answers (straight, not through the gate).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (replacement, answered) = loop {
+        if let Ok(r) = uds_request(&socket, http::Method::GET, "/pid", bytes::Bytes::new()).await {
+            let pid = r.json()["pid"].as_u64().map(|p| p as u32);
+            if let Some(pid) = pid.filter(|p| *p != victim) {
+                break (pid, Instant::now());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replacement answered; log:\n{}",
+            g.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Through the gate: concurrent requests spread over the healthy workers.
+    let seen = loop {
+        let sent = Instant::now();
+        let mut batch = Vec::new();
+        for _ in 0..4 {
+            let addr = g.addr;
+            batch.push(tokio::spawn(
+                async move { pid_of(addr, "/slow?ms=50").await },
+            ));
+        }
+        let mut pids = Vec::new();
+        for t in batch {
+            pids.push(t.await.unwrap());
+        }
+        if pids.contains(&Some(replacement)) {
+            break sent;
+        }
+        assert!(
+            sent < answered + Duration::from_secs(3),
+            "replacement {replacement} took no traffic 3 s after its socket answered; log:\n{}",
+            g.log()
+        );
+    };
+    let tally = load.stop().await;
+    let late = seen.saturating_duration_since(answered);
+    eprintln!(
+        "replacement took traffic {late:?} after its socket answered; load: {} ok, failed {:?}",
+        tally.ok,
+        tally
+            .failed
+            .iter()
+            .map(|(m, s, at)| (m, s, at.saturating_duration_since(killed)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        late < Duration::from_secs(1),
+        "replacement took traffic {late:?} after its socket answered"
+    );
+    tally.assert_only_dying_posts_failed(killed, &g.log());
+}
+
 #[tokio::test]
 async fn sigterm_drains_first_then_stops_every_worker() {
     let mut g = RunGate::start(2, uvicorn_cmd(&[])).await;

@@ -3,7 +3,8 @@
 //! command line, waits until every socket answers, restarts a worker that
 //! exits (with backoff), and stops them all (SIGTERM to each process group,
 //! SIGKILL after the grace period). It knows nothing of HTTP: main hands the
-//! sockets to the server.
+//! sockets to the server, and a worker's exit is told to the upstream's
+//! health loop (`upstream::worker_exited`).
 
 mod pdeathsig;
 
@@ -349,6 +350,9 @@ async fn supervise(
                 return;
             }
         };
+        // Out of the rotation now, not when a request finds the socket dead;
+        // the health loop brings it back once its socket answers again.
+        crate::upstream::worker_exited(&slot.socket);
         // Whatever it forked dies with it.
         signal_group(pid, Signal::SIGKILL);
         let status = describe(status);

@@ -15,23 +15,29 @@
 //! was written is retried on another, as hyper-util's `retry_canceled_requests`
 //! did; idle ones older than `idle_timeout` are closed (uvicorn's keep-alive
 //! is 5 s).
+//!
+//! A request a worker could not take goes to another worker of the upstream
+//! (see [`Upstream::send`] and the README's "Errors from the worker side").
 
+use std::cell::RefCell;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use asgi_gate_config::Upstream as UpstreamConf;
-use http::{Request, Response, Uri};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{InFlight, RequestBody, RequestBodyError};
 use crate::reject::Reject;
@@ -51,6 +57,8 @@ pub enum ConnectError {
 pub struct UdsStream {
     stream: UnixStream,
     _permit: OwnedSemaphorePermit,
+    /// Bytes read so far: tells whether a failed request got any answer.
+    read: Arc<AtomicU64>,
 }
 
 impl AsyncRead for UdsStream {
@@ -59,7 +67,13 @@ impl AsyncRead for UdsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
     }
 }
 
@@ -109,6 +123,7 @@ impl UdsConnector {
         &self,
         permit: OwnedSemaphorePermit,
         deadline: tokio::time::Instant,
+        read: Arc<AtomicU64>,
     ) -> Result<UdsStream, ConnectError> {
         let connected = tokio::time::timeout_at(deadline, UnixStream::connect(&*self.path)).await;
         let stream = match connected {
@@ -126,14 +141,21 @@ impl UdsConnector {
         Ok(UdsStream {
             stream,
             _permit: permit,
+            read,
         })
     }
 }
 
 type Sender = http1::SendRequest<RequestBody>;
 
-struct IdleConn {
+/// One open connection: its request handle and its socket's read count.
+struct Conn {
     tx: Sender,
+    read: Arc<AtomicU64>,
+}
+
+struct IdleConn {
+    conn: Conn,
     since: Instant,
 }
 
@@ -157,6 +179,26 @@ enum SendError {
     Hyper(hyper::Error),
 }
 
+/// A request one worker did not answer.
+struct Failed {
+    error: SendError,
+    /// The request itself when none of it was written (boxed: this is the
+    /// rare path, and it keeps the send future small).
+    unsent: Option<Box<Request<RequestBody>>>,
+    /// Some of a response had come back on the connection.
+    answered: bool,
+}
+
+impl Failed {
+    fn unsent(error: SendError, req: Request<RequestBody>) -> Failed {
+        Failed {
+            error,
+            unsent: Some(Box::new(req)),
+            answered: false,
+        }
+    }
+}
+
 impl Pool {
     fn lock(&self) -> MutexGuard<'_, Vec<IdleConn>> {
         // Nothing panics while it is held.
@@ -166,24 +208,24 @@ impl Pool {
     /// The most recently used idle connection that is still open and not
     /// older than `idle_timeout` (older ones are dropped, which closes them:
     /// uvicorn closes its side after 5 s).
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
         while let Some(c) = idle.pop() {
-            if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout {
-                return Some(c.tx);
+            if !c.conn.tx.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, tx: Sender) {
-        if tx.is_closed() {
+    fn checkin(&self, conn: Conn) {
+        if conn.tx.is_closed() {
             return;
         }
         let mut idle = self.lock();
         if idle.len() < self.max_idle {
             idle.push(IdleConn {
-                tx,
+                conn,
                 since: Instant::now(),
             });
             drop(idle);
@@ -195,7 +237,7 @@ impl Pool {
     fn reap(&self) {
         let timeout = self.idle_timeout;
         self.lock()
-            .retain(|c| !c.tx.is_closed() && c.since.elapsed() < timeout);
+            .retain(|c| !c.conn.tx.is_closed() && c.since.elapsed() < timeout);
     }
 
     /// A new connection (`false`), or an idle one (`true`) checked in while
@@ -203,7 +245,7 @@ impl Pool {
     /// whichever comes first, a connection checked in or a permit freed by
     /// one that closed. Boxed by its caller: it is the rare path, and its
     /// future is large (the connect, the handshake, the wait).
-    async fn connect(&self) -> Result<(Sender, bool), SendError> {
+    async fn connect(&self) -> Result<(Conn, bool), SendError> {
         let c = &self.connector;
         let deadline = tokio::time::Instant::now() + c.connect_timeout;
         let permit = match c.permits.clone().try_acquire_owned() {
@@ -220,8 +262,8 @@ impl Pool {
                     tokio::select! {
                         p = &mut permit => break p.map_err(|_| full())?,
                         () = self.returned.notified() => {
-                            if let Some(tx) = self.checkout() {
-                                return Ok((tx, true));
+                            if let Some(conn) = self.checkout() {
+                                return Ok((conn, true));
                             }
                         }
                         () = &mut timeout => return Err(full()),
@@ -229,7 +271,11 @@ impl Pool {
                 }
             }
         };
-        let io = c.open(permit, deadline).await.map_err(SendError::Connect)?;
+        let read = Arc::new(AtomicU64::new(0));
+        let io = c
+            .open(permit, deadline, read.clone())
+            .await
+            .map_err(SendError::Connect)?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -241,34 +287,47 @@ impl Pool {
                 tracing::debug!(error = %e, "worker connection ended");
             }
         });
-        Ok((tx, false))
+        Ok((Conn { tx, read }, false))
     }
 
     /// Sends `req` on an idle connection or a new one. A request that a
     /// reused connection could not take (the worker had closed it) is sent
-    /// again on another; one that was written is never sent twice.
+    /// again on another; one that was written is never sent twice here.
     async fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> Result<(Response<Incoming>, Lease), Failed> {
         loop {
-            let (mut tx, reused) = match self.checkout() {
-                Some(tx) => (tx, true),
-                None => Box::pin(self.connect()).await?,
+            let (mut conn, reused) = match self.checkout() {
+                Some(conn) => (conn, true),
+                None => match Box::pin(self.connect()).await {
+                    Ok(c) => c,
+                    Err(e) => return Err(Failed::unsent(e, req)),
+                },
             };
-            if reused && !tx.is_ready() && tx.ready().await.is_err() {
+            if reused && !conn.tx.is_ready() && conn.tx.ready().await.is_err() {
                 continue;
             }
-            match tx.try_send_request(req).await {
+            let read_before = conn.read.load(Ordering::Relaxed);
+            match conn.tx.try_send_request(req).await {
                 Ok(resp) => {
                     let lease = Lease {
-                        conn: Some((tx, self.clone())),
+                        conn: Some((conn, self.clone())),
                     };
                     return Ok((resp, lease));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(again) if reused => req = again,
-                    _ => return Err(SendError::Hyper(e.into_error())),
+                    Some(again) => {
+                        return Err(Failed::unsent(SendError::Hyper(e.into_error()), again))
+                    }
+                    None => {
+                        return Err(Failed {
+                            error: SendError::Hyper(e.into_error()),
+                            unsent: None,
+                            answered: conn.read.load(Ordering::Relaxed) != read_before,
+                        })
+                    }
                 },
             }
         }
@@ -279,13 +338,13 @@ impl Pool {
 /// the response body puts it back in the pool; dropped before that (a
 /// client gone mid-body, an upgrade), the connection is closed instead.
 pub struct Lease {
-    conn: Option<(Sender, Arc<Pool>)>,
+    conn: Option<(Conn, Arc<Pool>)>,
 }
 
 impl Lease {
     pub fn done(mut self) {
-        if let Some((tx, pool)) = self.conn.take() {
-            pool.checkin(tx);
+        if let Some((conn, pool)) = self.conn.take() {
+            pool.checkin(conn);
         }
     }
 }
@@ -341,6 +400,24 @@ impl Worker {
     }
 }
 
+/// Extra attempts a request may get on other workers after its first one.
+const MAX_RETRIES: usize = 2;
+/// How often a worker out of the rotation is checked again, whatever the
+/// health-check interval: a restarted worker takes traffic this soon after
+/// its socket answers.
+const RECHECK: Duration = Duration::from_millis(200);
+
+/// Sockets whose worker process just exited (supervisor mode), for the
+/// health loops to take out of the rotation at once.
+static EXITED: LazyLock<broadcast::Sender<Arc<PathBuf>>> =
+    LazyLock::new(|| broadcast::channel(64).0);
+
+/// Called by the supervisor when the worker serving `socket` exits.
+pub fn worker_exited(socket: &Path) {
+    // No receiver: no upstream uses it (yet); nothing to mark.
+    let _ = EXITED.send(Arc::new(socket.to_path_buf()));
+}
+
 /// A named group of workers.
 pub struct Upstream {
     pub name: String,
@@ -349,6 +426,8 @@ pub struct Upstream {
     pub workers: Vec<Worker>,
     pub read_timeout: Duration,
     pub health: Option<asgi_gate_config::HealthCheck>,
+    /// Wakes the health loop when a worker is taken out of the rotation.
+    down: Arc<Notify>,
 }
 
 impl Upstream {
@@ -363,43 +442,133 @@ impl Upstream {
                 .collect(),
             read_timeout: conf.read_timeout,
             health: conf.health_check.clone(),
+            down: Arc::new(Notify::new()),
         }
     }
 
     /// Least outstanding requests among healthy workers (all, if none is).
-    fn pick(&self) -> Option<&Worker> {
-        let load = |w: &&Worker| w.in_flight.load(Ordering::Relaxed);
+    fn pick(&self) -> Option<(usize, &Worker)> {
+        let load = |(_, w): &(usize, &Worker)| w.in_flight.load(Ordering::Relaxed);
         self.workers
             .iter()
-            .filter(|w| w.is_healthy())
+            .enumerate()
+            .filter(|(_, w)| w.is_healthy())
             .min_by_key(load)
-            .or_else(|| self.workers.iter().min_by_key(load))
+            .or_else(|| self.workers.iter().enumerate().min_by_key(load))
+    }
+
+    /// For a retry: least outstanding among the healthy workers not tried yet.
+    fn pick_next(&self, tried: &[usize]) -> Option<(usize, &Worker)> {
+        self.workers
+            .iter()
+            .enumerate()
+            .filter(|(i, w)| w.is_healthy() && !tried.contains(i))
+            .min_by_key(|(_, w)| w.in_flight.load(Ordering::Relaxed))
+    }
+
+    /// Out of the rotation until a check finds it answering again (within
+    /// [`RECHECK`]).
+    fn mark_down(&self, worker: &Worker) {
+        // Only on the change: a wake-up per failed request would keep
+        // pushing the recheck back while every worker is down.
+        if worker.healthy.swap(false, Ordering::Relaxed) {
+            self.down.notify_one();
+        }
     }
 
     /// Sends the request to a worker and returns its response head. The
     /// request's headers are already what the worker should see.
+    ///
+    /// A request the worker did not take (no connection, or its connection
+    /// closed before any of it was written) goes to the next healthy worker,
+    /// whatever its method. One that was written but got no byte of an answer
+    /// goes again only if it is idempotent and bodiless, and only once. At
+    /// most one attempt per worker and [`MAX_RETRIES`] extra attempts, all
+    /// within one `read_timeout`.
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, InFlight, Arc<PathBuf>), Reject> {
-        let worker = self.pick().ok_or(Reject::BadGateway)?;
-        let mut guard = InFlight::enter(&worker.in_flight);
+        let (index, worker) = self.pick().ok_or(Reject::BadGateway)?;
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             // h2 and absolute-form requests: the worker gets origin-form.
             *req.uri_mut() = origin_form(req.uri());
         }
         *req.version_mut() = http::Version::HTTP_11;
-        match tokio::time::timeout(self.read_timeout, worker.pool.send(req)).await {
+        let deadline = tokio::time::Instant::now() + self.read_timeout;
+        let replay = Replay::of(self.workers.len(), &req);
+        let mut guard = InFlight::enter(&worker.in_flight);
+        // Bound in a statement of its own: a match on the awaited result
+        // would keep its (large) slot across the retry's await.
+        let failed = match tokio::time::timeout_at(deadline, worker.pool.send(req)).await {
             Ok(Ok((resp, lease))) => {
+                if let Some(r) = replay {
+                    r.recycle();
+                }
                 guard.hold(lease);
-                Ok((resp, guard, worker.socket.clone()))
+                return Ok((resp, guard, worker.socket.clone()));
             }
-            Ok(Err(e)) => Err(self.classify(worker, &e)),
+            Ok(Err(failed)) => failed,
             Err(_) => {
-                tracing::warn!(upstream = %self.name, socket = %worker.socket.display(), "worker did not answer within read_timeout");
-                Err(Reject::GatewayTimeout)
+                if let Some(r) = replay {
+                    r.recycle();
+                }
+                return self.timed_out(worker);
+            }
+        };
+        drop(guard);
+        Box::pin(self.retry(index, failed, replay, deadline)).await
+    }
+
+    /// The rare path of [`Upstream::send`]: the first worker failed.
+    async fn retry(
+        &self,
+        first: usize,
+        mut failed: Failed,
+        mut replay: Option<Box<Replay>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Response<Incoming>, InFlight, Arc<PathBuf>), Reject> {
+        let mut tried = vec![first];
+        let mut worker = &self.workers[first];
+        loop {
+            let again = match failed.unsent.take() {
+                // Busy, not dead: least outstanding chose it, so the others
+                // are no less busy; waiting at a second cap only doubles the wait.
+                _ if matches!(failed.error, SendError::Connect(ConnectError::PoolFull(_))) => None,
+                Some(req) => Some(*req),
+                // Sent, no answer: the worker died or dropped it. Once.
+                None if !failed.answered => replay.take().and_then(|r| r.request()),
+                None => None,
+            };
+            let reject = self.classify(worker, &failed.error);
+            let next = match again {
+                Some(req) if tried.len() <= MAX_RETRIES => self.pick_next(&tried).map(|n| (req, n)),
+                _ => None,
+            };
+            let Some((req, (index, next))) = next else {
+                return Err(reject);
+            };
+            tracing::debug!(upstream = %self.name, from = %worker.socket.display(), to = %next.socket.display(), "retrying on another worker");
+            tried.push(index);
+            worker = next;
+            let mut guard = InFlight::enter(&worker.in_flight);
+            match tokio::time::timeout_at(deadline, worker.pool.send(req)).await {
+                Ok(Ok((resp, lease))) => {
+                    if let Some(r) = replay {
+                        r.recycle();
+                    }
+                    guard.hold(lease);
+                    return Ok((resp, guard, worker.socket.clone()));
+                }
+                Ok(Err(f)) => failed = f,
+                Err(_) => return self.timed_out(worker),
             }
         }
+    }
+
+    fn timed_out<T>(&self, worker: &Worker) -> Result<T, Reject> {
+        tracing::warn!(upstream = %self.name, socket = %worker.socket.display(), "worker did not answer within read_timeout");
+        Err(Reject::GatewayTimeout)
     }
 
     /// Maps a send error to the rejection, logging upstream and socket
@@ -409,13 +578,13 @@ impl Upstream {
             SendError::Connect(ce) => {
                 tracing::warn!(upstream = %self.name, socket = %worker.socket.display(), error = %ce, "no connection to worker");
                 return match ce {
+                    // Busy, but answering: it stays in the rotation.
                     ConnectError::PoolFull(_) => Reject::ServiceUnavailable,
-                    ConnectError::Timeout => Reject::BadGateway,
-                    ConnectError::Io(_) => {
-                        // Refused or gone (a worker died): out of the rotation
-                        // at once rather than at the next health check, which
-                        // brings it back when it answers again.
-                        worker.set_healthy(false);
+                    ConnectError::Timeout | ConnectError::Io(_) => {
+                        // Refused, gone (a worker died) or not accepting:
+                        // out of the rotation at once rather than at the next
+                        // health check, which brings it back when it answers.
+                        self.mark_down(worker);
                         Reject::BadGateway
                     }
                 };
@@ -439,17 +608,42 @@ impl Upstream {
         Reject::BadGateway
     }
 
-    /// A GET of the health path (or, without one, a connect) to each worker.
+    /// Whether `w` answers: a GET of the health path, or, without one, a connect.
+    async fn check(&self, w: &Worker) -> bool {
+        match &self.health {
+            Some(hc) => {
+                probe(
+                    &w.socket,
+                    &hc.path,
+                    self.read_timeout.min(Duration::from_secs(5)),
+                )
+                .await
+            }
+            None => UnixStream::connect(&*w.socket).await.is_ok(),
+        }
+    }
+
+    fn set_health(&self, w: &Worker, ok: bool) {
+        if ok != w.is_healthy() {
+            tracing::info!(upstream = %self.name, socket = %w.socket.display(), healthy = ok, "worker health changed");
+        }
+        w.set_healthy(ok);
+    }
+
+    /// Checks every worker.
     pub async fn check_health(&self) {
         for w in &self.workers {
-            let ok = match &self.health {
-                Some(hc) => probe(w, &hc.path, self.read_timeout.min(Duration::from_secs(5))).await,
-                None => UnixStream::connect(&*w.socket).await.is_ok(),
-            };
-            if ok != w.is_healthy() {
-                tracing::info!(upstream = %self.name, socket = %w.socket.display(), healthy = ok, "worker health changed");
+            let ok = self.check(w).await;
+            self.set_health(w, ok);
+        }
+    }
+
+    /// Checks the workers out of the rotation.
+    async fn recheck_down(&self) {
+        for w in self.workers.iter().filter(|w| !w.is_healthy()) {
+            if self.check(w).await {
+                self.set_health(w, true);
             }
-            w.set_healthy(ok);
         }
     }
 
@@ -472,47 +666,178 @@ impl Upstream {
 }
 
 /// Checks the upstream's workers every `health_check.interval` (5 s without
-/// one) for as long as a gate uses this upstream.
+/// one) for as long as a gate uses this upstream, and those out of the
+/// rotation every [`RECHECK`]. A worker whose process exited (supervisor
+/// mode) is taken out at once.
 pub async fn health_loop(up: std::sync::Weak<Upstream>) {
-    let every = match up.upgrade() {
-        Some(u) => u
-            .health
-            .as_ref()
-            .map(|h| h.interval)
-            .unwrap_or(Duration::from_secs(5)),
+    let (every, down) = match up.upgrade() {
+        Some(u) => (
+            u.health
+                .as_ref()
+                .map(|h| h.interval)
+                .unwrap_or(Duration::from_secs(5)),
+            u.down.clone(),
+        ),
         None => return,
     };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut exited = EXITED.subscribe();
+    let mut next_full = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
-        let Some(u) = up.upgrade() else { return };
-        for w in &u.workers {
-            w.pool.reap();
+        let any_down = match up.upgrade() {
+            Some(u) => !u.workers.iter().all(Worker::is_healthy),
+            None => return,
+        };
+        let wake = match any_down {
+            true => next_full.min(tokio::time::Instant::now() + RECHECK),
+            false => next_full,
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            // Marked down by a request: the recheck timer starts now.
+            () = down.notified() => continue,
+            gone = exited.recv() => {
+                if let (Ok(socket), Some(u)) = (gone, up.upgrade()) {
+                    for w in u.workers.iter().filter(|w| *w.socket == *socket) {
+                        u.set_health(w, false);
+                    }
+                }
+                continue;
+            }
         }
-        u.check_health().await;
+        let Some(u) = up.upgrade() else { return };
+        if tokio::time::Instant::now() >= next_full {
+            for w in &u.workers {
+                w.pool.reap();
+            }
+            u.check_health().await;
+            next_full = tokio::time::Instant::now() + every;
+        } else {
+            u.recheck_down().await;
+        }
     }
 }
 
-async fn probe(w: &Worker, path: &str, limit: Duration) -> bool {
-    let req = match Request::get(path)
-        .header(http::header::HOST, "localhost")
-        .body(RequestBody::empty())
-    {
-        Ok(r) => r,
-        Err(_) => return false,
-    };
+/// A GET of `path` on a connection of its own, outside the pool and its
+/// cap: a worker whose pool is full is busy, not dead, and must pass. So a
+/// probe uses one socket more than `max_connections`, for its duration.
+async fn probe(socket: &Path, path: &str, limit: Duration) -> bool {
     let checked = async {
-        let (resp, lease) = w.pool.send(req).await.ok()?;
-        let ok = resp.status().is_success();
-        // Read to the end so the connection goes back to the pool.
-        http_body_util::BodyExt::collect(resp.into_body())
-            .await
+        let req = Request::get(path)
+            .header(http::header::HOST, "localhost")
+            .body(http_body_util::Empty::<Bytes>::new())
             .ok()?;
-        lease.done();
-        Some(ok)
+        let io = UnixStream::connect(socket).await.ok()?;
+        let (mut tx, conn) = http1::handshake(TokioIo::new(io)).await.ok()?;
+        let exchange = async {
+            let resp = tx.send_request(req).await.ok()?;
+            let ok = resp.status().is_success();
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .ok()?;
+            Some(ok)
+        };
+        tokio::select! {
+            biased;
+            ok = exchange => ok,
+            // The connection ended before the answer did.
+            _ = conn => None,
+        }
     };
     matches!(tokio::time::timeout(limit, checked).await, Ok(Some(true)))
+}
+
+/// The head of a bodiless idempotent request, copied before it is sent so
+/// that it can go to another worker if the first one dies before answering.
+/// Kept as bytes (cloning a header value can allocate) in buffers reused
+/// per thread: a request answered at the first try allocates nothing for it.
+struct Replay {
+    method: Method,
+    /// The path and query, then each field's name and value, back to back.
+    bytes: Vec<u8>,
+    target_end: usize,
+    /// Where each field's name and value end in `bytes`.
+    fields: Vec<(usize, usize)>,
+}
+
+/// Spare [`Replay`]s kept per thread, and the largest buffer kept.
+const SPARE_REPLAYS: usize = 128;
+const SPARE_BYTES: usize = 8 * 1024;
+
+thread_local! {
+    // Boxed: the request's future holds a pointer, not the whole Replay.
+    #[allow(clippy::vec_box)]
+    static SPARE: RefCell<Vec<Box<Replay>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// RFC 9110 §9.2.2: sending these twice means what sending them once does.
+/// PUT and DELETE included, as nginx's `proxy_next_upstream` does (it
+/// excludes only the non-idempotent POST, PATCH, LOCK...).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+impl Replay {
+    /// A copy of `req`'s head if it could be sent again (and there is
+    /// another worker to send it to).
+    fn of(workers: usize, req: &Request<RequestBody>) -> Option<Box<Replay>> {
+        if workers < 2 || !idempotent(req.method()) || !req.body().is_end_stream() {
+            return None;
+        }
+        let mut r = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| {
+            Box::new(Replay {
+                method: Method::GET,
+                bytes: Vec::new(),
+                target_end: 0,
+                fields: Vec::new(),
+            })
+        });
+        r.method = req.method().clone();
+        r.bytes.clear();
+        r.fields.clear();
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        r.bytes.extend_from_slice(target.as_bytes());
+        r.target_end = r.bytes.len();
+        for (name, value) in req.headers() {
+            r.bytes.extend_from_slice(name.as_str().as_bytes());
+            let name_end = r.bytes.len();
+            r.bytes.extend_from_slice(value.as_bytes());
+            let end = r.bytes.len();
+            r.fields.push((name_end, end));
+        }
+        Some(r)
+    }
+
+    fn recycle(self: Box<Self>) {
+        if self.bytes.capacity() > SPARE_BYTES {
+            return;
+        }
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_REPLAYS {
+                s.push(self);
+            }
+        });
+    }
+
+    /// The request again (this allocates: it is the rare path).
+    fn request(&self) -> Option<Request<RequestBody>> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = Uri::try_from(self.bytes.get(..self.target_end)?).ok()?;
+        let headers = req.headers_mut();
+        headers.reserve(self.fields.len());
+        let mut start = self.target_end;
+        for &(name_end, end) in &self.fields {
+            let name = HeaderName::from_bytes(self.bytes.get(start..name_end)?).ok()?;
+            let value = HeaderValue::from_bytes(self.bytes.get(name_end..end)?).ok()?;
+            headers.append(name, value);
+            start = end;
+        }
+        Some(req)
+    }
 }
 
 /// The path and query of `uri` alone, as HTTP/1.1 sends them.
@@ -520,5 +845,60 @@ fn origin_form(uri: &Uri) -> Uri {
     match uri.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),
         None => Uri::from_static("/"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(method: Method) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = method;
+        *req.uri_mut() = Uri::from_static("/a/b?x=1&y=%2F");
+        let h = req.headers_mut();
+        h.insert(http::header::HOST, HeaderValue::from_static("example.com"));
+        h.append("x-custom", HeaderValue::from_static("one"));
+        h.append("x-custom", HeaderValue::from_static("two"));
+        h.insert("x-request-id", HeaderValue::from_bytes(b"abc\xff").unwrap());
+        req
+    }
+
+    #[test]
+    fn a_replay_is_the_same_head() {
+        let req = get(Method::DELETE);
+        let again = Replay::of(2, &req).unwrap().request().unwrap();
+        assert_eq!(again.method(), Method::DELETE);
+        assert_eq!(again.uri(), req.uri());
+        assert_eq!(again.headers(), req.headers());
+        assert!(again.body().is_end_stream());
+    }
+
+    #[test]
+    fn only_idempotent_requests_with_another_worker_are_kept() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+            Method::TRACE,
+        ] {
+            assert!(Replay::of(2, &get(m.clone())).is_some(), "{m}");
+        }
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(Replay::of(2, &get(m.clone())).is_none(), "{m}");
+        }
+        // One worker: nowhere to send it again.
+        assert!(Replay::of(1, &get(Method::GET)).is_none());
+    }
+
+    #[test]
+    fn replays_are_reused() {
+        let r = Replay::of(2, &get(Method::GET)).unwrap();
+        let at = &*r as *const Replay;
+        r.recycle();
+        let r = Replay::of(2, &get(Method::GET)).unwrap();
+        assert_eq!(&*r as *const Replay, at, "a spare one is taken first");
     }
 }

@@ -1009,6 +1009,113 @@ where
     }
 }
 
+// ---------------------------------------------------------------- load
+
+/// Client loops, each on its own keep-alive connection, until stopped: loop
+/// `i` sends `GET /hello` when `i` is even and `POST /echo` with a small body
+/// when it is odd. Every answer that is not a 200 (or a connection error) is
+/// recorded with its method.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Tally>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: u64,
+    /// (method, status or error, when the answer came)
+    pub failed: Vec<(Method, String, Instant)>,
+}
+
+impl Tally {
+    /// Asserts what a worker SIGKILLed at `killed` may cost the load: no GET
+    /// (idempotent and bodiless, so retried); only POSTs that were at the
+    /// worker as it died — in flight, or written while its socket was still
+    /// open (a few ms) — as 502.
+    pub fn assert_only_dying_posts_failed(&self, killed: Instant, log: &str) {
+        for (m, what, at) in &self.failed {
+            let after = at.saturating_duration_since(killed);
+            assert!(
+                *m == Method::POST && what.starts_with("502") && after < Duration::from_millis(300),
+                "{m} failed with {what} {after:?} after the kill; all failures: {:?}; log:\n{log}",
+                self.failed
+            );
+        }
+        assert!(self.ok > 50, "the load did not flow: {} ok", self.ok);
+    }
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, loops: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..loops)
+            .map(|i| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let method = if i % 2 == 0 {
+                        Method::GET
+                    } else {
+                        Method::POST
+                    };
+                    let mut tally = Tally::default();
+                    let mut conn: Option<H1> = None;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let c = match conn.as_mut() {
+                            Some(c) => c,
+                            None => match H1::connect(addr).await {
+                                Ok(c) => conn.insert(c),
+                                Err(e) => {
+                                    tally.failed.push((
+                                        method.clone(),
+                                        format!("connect: {e}"),
+                                        Instant::now(),
+                                    ));
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                    continue;
+                                }
+                            },
+                        };
+                        let r = match method {
+                            Method::GET => req(Method::GET, addr, "/hello").body(Full::default()),
+                            _ => req(Method::POST, addr, "/echo")
+                                .body(Full::new(Bytes::from_static(b"{\"n\":1}"))),
+                        }
+                        .unwrap();
+                        match c.send(r).await {
+                            Ok(resp) if resp.status == 200 => tally.ok += 1,
+                            Ok(resp) => tally.failed.push((
+                                method.clone(),
+                                resp.status.to_string(),
+                                Instant::now(),
+                            )),
+                            Err(e) => {
+                                tally
+                                    .failed
+                                    .push((method.clone(), e.to_string(), Instant::now()));
+                                conn = None;
+                            }
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the loops and adds up what they saw.
+    pub async fn stop(self) -> Tally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Tally::default();
+        for t in self.tasks {
+            let t = t.await.unwrap();
+            all.ok += t.ok;
+            all.failed.extend(t.failed);
+        }
+        all
+    }
+}
+
 /// The headers an /echo response says the worker received, lower-case names.
 pub fn echoed_headers(echo: &serde_json::Value) -> Vec<(String, String)> {
     echo["headers"]
