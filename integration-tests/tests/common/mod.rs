@@ -1029,14 +1029,18 @@ pub struct Tally {
 
 impl Tally {
     /// Asserts what a worker SIGKILLed at `killed` may cost the load: no GET
-    /// (idempotent and bodiless, so retried); only POSTs that were at the
-    /// worker as it died — in flight, or written while its socket was still
-    /// open (a few ms) — as 502.
+    /// 502 (idempotent and bodiless, so retried); only requests that were at
+    /// the worker as it died — a POST in flight or written while its socket
+    /// was still open (a few ms) as 502, or any response the worker had
+    /// begun and could not finish (its body cut: nothing can be retried once
+    /// a response has started).
     pub fn assert_only_dying_posts_failed(&self, killed: Instant, log: &str) {
         for (m, what, at) in &self.failed {
             let after = at.saturating_duration_since(killed);
+            let cut_body = what.contains("body");
             assert!(
-                *m == Method::POST && what.starts_with("502") && after < Duration::from_millis(300),
+                ((*m == Method::POST && what.starts_with("502")) || cut_body)
+                    && after < Duration::from_millis(300),
                 "{m} failed with {what} {after:?} after the kill; all failures: {:?}; log:\n{log}",
                 self.failed
             );
