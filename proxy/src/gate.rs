@@ -15,7 +15,6 @@ use asgi_gate_config::{
 use asgi_gate_filters::ratelimit::{KeyKind, LimitParams, RateLimit, RateLimitError};
 use asgi_gate_filters::{cors, forwarding, header_names, path, request_id, security_headers};
 use http::{HeaderName, HeaderValue};
-use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 
 use crate::auth::{self, AuthSetupError, AuthSlot, Revocations};
@@ -50,8 +49,6 @@ pub struct Gate {
     pub shared_limits: Option<Arc<SharedLimits>>,
     /// WebSocket sessions currently relayed.
     pub websockets_open: Arc<AtomicUsize>,
-    /// hyper's settings from `limits`, for connections accepted from now on.
-    pub conn: auto::Builder<crate::watch::GateExec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +227,6 @@ impl Gate {
             websockets_open: previous
                 .map(|p| p.websockets_open.clone())
                 .unwrap_or_else(|| Arc::new(AtomicUsize::new(0))),
-            conn: crate::server::connection_builder(&cfg.limits),
         })
     }
 
@@ -445,5 +441,23 @@ impl Shared {
             }
         }
         Ok(notes)
+    }
+}
+
+/// One log line per outcome, every config error with its position.
+pub fn log_reload(result: &Result<Vec<String>, ReloadError>) {
+    match result {
+        Ok(notes) => {
+            tracing::info!("config reloaded");
+            for n in notes {
+                tracing::warn!("{n}");
+            }
+        }
+        Err(ReloadError::Invalid(errors)) => {
+            for e in &errors.0 {
+                tracing::error!("reload refused, old config keeps serving: {e}");
+            }
+        }
+        Err(e) => tracing::error!("reload refused, old config keeps serving: {e}"),
     }
 }

@@ -9,6 +9,7 @@ mod accesslog;
 mod admin;
 mod auth;
 mod body;
+mod clock;
 mod compress;
 mod gate;
 mod json;

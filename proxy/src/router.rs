@@ -8,10 +8,9 @@ use asgi_gate_config::Route;
 use asgi_gate_filters::compression::Policy as CompressionPolicy;
 use asgi_gate_filters::ratelimit::RateLimit;
 
-use crate::auth::AuthSlot;
 use http::{HeaderValue, Method};
 
-use crate::reject::Reject;
+use crate::auth::AuthSlot;
 
 /// A route as the pipeline uses it.
 pub struct RouteEntry {
@@ -57,6 +56,15 @@ struct Group {
 pub struct Router {
     inner: matchit::Router<usize>,
     groups: Vec<Group>,
+}
+
+/// Why no route takes a request (`reject.rs` answers 404 or 405).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoute {
+    /// No pattern matches the path.
+    NotFound,
+    /// The path matches, not the method: the `Allow` header value.
+    MethodNotAllowed(HeaderValue),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,15 +158,15 @@ impl Router {
         Ok(Router { inner, groups })
     }
 
-    /// The route for this path and method, or the rejection (404/405).
-    pub fn find(&self, path: &str, method: &Method) -> Result<&Arc<RouteEntry>, Reject> {
-        let m = self.inner.at(path).map_err(|_| Reject::NotFound)?;
-        let group = self.groups.get(*m.value).ok_or(Reject::NotFound)?;
+    /// The route for this path and method, or why there is none.
+    pub fn find(&self, path: &str, method: &Method) -> Result<&Arc<RouteEntry>, NoRoute> {
+        let m = self.inner.at(path).map_err(|_| NoRoute::NotFound)?;
+        let group = self.groups.get(*m.value).ok_or(NoRoute::NotFound)?;
         group
             .routes
             .iter()
             .find(|r| allows(&r.conf, method))
-            .ok_or_else(|| Reject::MethodNotAllowed(group.allow.clone()))
+            .ok_or_else(|| NoRoute::MethodNotAllowed(group.allow.clone()))
     }
 }
 
@@ -242,10 +250,13 @@ mod tests {
         assert_eq!(r.find("/items", &Method::HEAD).unwrap().upstream, 0);
         assert_eq!(r.find("/items", &Method::POST).unwrap().upstream, 1);
         match r.find("/items", &Method::PUT) {
-            Err(Reject::MethodNotAllowed(allow)) => assert_eq!(allow, "DELETE, GET, HEAD, POST"),
+            Err(NoRoute::MethodNotAllowed(allow)) => assert_eq!(allow, "DELETE, GET, HEAD, POST"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(r.find("/nope", &Method::GET).unwrap_err(), Reject::NotFound);
+        assert_eq!(
+            r.find("/nope", &Method::GET).unwrap_err(),
+            NoRoute::NotFound
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::admin;
-use crate::gate::{Gate, ReloadError, Shared};
+use crate::gate::{Gate, Shared};
 use crate::pipeline::{self, ConnInfo};
 use crate::reject::{self, Reject};
 use crate::tls::Tls;
@@ -171,7 +171,7 @@ const TCP_KEEPCNT: u32 = 5;
 
 /// The connection settings that come from `limits`, built with the gate (so
 /// a reload applies them to new connections).
-pub fn connection_builder(limits: &Limits) -> auto::Builder<GateExec> {
+fn connection_builder(limits: &Limits) -> auto::Builder<GateExec> {
     let mut b = auto::Builder::new(GateExec);
     let cap = head_hard_cap(limits.max_header_bytes);
     // hyper's read buffer grows only as a head needs it: the memory is spent
@@ -196,6 +196,31 @@ pub fn connection_builder(limits: &Limits) -> auto::Builder<GateExec> {
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
     b
+}
+
+/// hyper's settings from the current gate's `limits`, built once per gate
+/// (by the first accept after a reload), so a reload applies them to the
+/// connections accepted from then on.
+#[derive(Default)]
+struct ConnSettings {
+    /// The gate they were built for (a `Weak`: its address is not reused
+    /// while this is held).
+    gate: Weak<Gate>,
+    builder: Option<auto::Builder<GateExec>>,
+}
+
+impl ConnSettings {
+    fn builder_for(&mut self, gate: &Arc<Gate>) -> auto::Builder<GateExec> {
+        match &self.builder {
+            Some(b) if std::ptr::eq(self.gate.as_ptr(), Arc::as_ptr(gate)) => b.clone(),
+            _ => {
+                let b = connection_builder(&gate.limits);
+                self.gate = Arc::downgrade(gate);
+                self.builder = Some(b.clone());
+                b
+            }
+        }
+    }
 }
 
 /// Open client connections, in total and per IP, against `limits`.
@@ -279,6 +304,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     open: Arc<OpenConns>,
 ) {
+    let mut settings = ConnSettings::default();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -300,7 +326,7 @@ async fn accept_loop(
         // whole life.
         let (builder, limits) = {
             let gate = shared.current();
-            (gate.conn.clone(), gate.limits.clone())
+            (settings.builder_for(&gate), gate.limits.clone())
         };
         let Some(slot) = open.admit(peer.ip(), &limits) else {
             tracing::debug!(%peer, "over a connection cap; refused");
@@ -459,25 +485,7 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
         return;
     };
     while hup.recv().await.is_some() {
-        log_reload(&shared.reload().await);
-    }
-}
-
-/// One log line per outcome, every config error with its position.
-pub fn log_reload(result: &Result<Vec<String>, ReloadError>) {
-    match result {
-        Ok(notes) => {
-            tracing::info!("config reloaded");
-            for n in notes {
-                tracing::warn!("{n}");
-            }
-        }
-        Err(ReloadError::Invalid(errors)) => {
-            for e in &errors.0 {
-                tracing::error!("reload refused, old config keeps serving: {e}");
-            }
-        }
-        Err(e) => tracing::error!("reload refused, old config keeps serving: {e}"),
+        crate::gate::log_reload(&shared.reload().await);
     }
 }
 

@@ -20,6 +20,7 @@
 //! (see [`Upstream::send`] and the README's "Errors from the worker side").
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -31,16 +32,42 @@ use std::time::{Duration, Instant};
 use asgi_gate_config::Upstream as UpstreamConf;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
-use http_body::Body as _;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 
-use crate::body::{InFlight, RequestBody, RequestBodyError};
-use crate::reject::Reject;
+/// Why a request got no answer from the upstream; `reject.rs` turns each
+/// into the client's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the upstream has no worker")]
+    NoWorker,
+    /// Every connection to the chosen worker stayed busy for `connect_timeout`.
+    #[error("the worker's connections are all busy")]
+    Busy,
+    /// Refused, gone, or no connection within `connect_timeout`.
+    #[error("no connection to the worker")]
+    Unreachable,
+    /// The request was written, but no (whole) answer came.
+    #[error("the worker request failed")]
+    Failed,
+    #[error("no answer within read_timeout")]
+    TimedOut,
+    /// The client's body went past `max_body`.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The client's body ended early or was malformed.
+    #[error("request body cut off or malformed")]
+    BodyCutOff,
+    /// The client's body stalled past `body_timeout`.
+    #[error("request body timed out")]
+    BodyTimedOut,
+}
 
 /// Why no connection to a worker could be had.
 #[derive(Debug, thiserror::Error)]
@@ -488,8 +515,8 @@ impl Upstream {
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, InFlight, Arc<PathBuf>), Reject> {
-        let (index, worker) = self.pick().ok_or(Reject::BadGateway)?;
+    ) -> Result<(Response<Incoming>, InFlight, Arc<PathBuf>), UpstreamError> {
+        let (index, worker) = self.pick().ok_or(UpstreamError::NoWorker)?;
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             // h2 and absolute-form requests: the worker gets origin-form.
             *req.uri_mut() = origin_form(req.uri());
@@ -527,7 +554,7 @@ impl Upstream {
         mut failed: Failed,
         mut replay: Option<Box<Replay>>,
         deadline: tokio::time::Instant,
-    ) -> Result<(Response<Incoming>, InFlight, Arc<PathBuf>), Reject> {
+    ) -> Result<(Response<Incoming>, InFlight, Arc<PathBuf>), UpstreamError> {
         let mut tried = vec![first];
         let mut worker = &self.workers[first];
         loop {
@@ -540,13 +567,13 @@ impl Upstream {
                 None if !failed.answered => replay.take().and_then(|r| r.request()),
                 None => None,
             };
-            let reject = self.classify(worker, &failed.error);
+            let error = self.classify(worker, &failed.error);
             let next = match again {
                 Some(req) if tried.len() <= MAX_RETRIES => self.pick_next(&tried).map(|n| (req, n)),
                 _ => None,
             };
             let Some((req, (index, next))) = next else {
-                return Err(reject);
+                return Err(error);
             };
             tracing::debug!(upstream = %self.name, from = %worker.socket.display(), to = %next.socket.display(), "retrying on another worker");
             tried.push(index);
@@ -566,26 +593,26 @@ impl Upstream {
         }
     }
 
-    fn timed_out<T>(&self, worker: &Worker) -> Result<T, Reject> {
+    fn timed_out<T>(&self, worker: &Worker) -> Result<T, UpstreamError> {
         tracing::warn!(upstream = %self.name, socket = %worker.socket.display(), "worker did not answer within read_timeout");
-        Err(Reject::GatewayTimeout)
+        Err(UpstreamError::TimedOut)
     }
 
-    /// Maps a send error to the rejection, logging upstream and socket
-    /// (never told to the client).
-    fn classify(&self, worker: &Worker, e: &SendError) -> Reject {
+    /// Maps a send error to what the client is told, logging upstream and
+    /// socket (never told to the client).
+    fn classify(&self, worker: &Worker, e: &SendError) -> UpstreamError {
         let e = match e {
             SendError::Connect(ce) => {
                 tracing::warn!(upstream = %self.name, socket = %worker.socket.display(), error = %ce, "no connection to worker");
                 return match ce {
                     // Busy, but answering: it stays in the rotation.
-                    ConnectError::PoolFull(_) => Reject::ServiceUnavailable,
+                    ConnectError::PoolFull(_) => UpstreamError::Busy,
                     ConnectError::Timeout | ConnectError::Io(_) => {
                         // Refused, gone (a worker died) or not accepting:
                         // out of the rotation at once rather than at the next
                         // health check, which brings it back when it answers.
                         self.mark_down(worker);
-                        Reject::BadGateway
+                        UpstreamError::Unreachable
                     }
                 };
             }
@@ -595,17 +622,15 @@ impl Upstream {
         while let Some(err) = source {
             if let Some(be) = err.downcast_ref::<RequestBodyError>() {
                 return match be {
-                    RequestBodyError::TooLarge { .. } => Reject::PayloadTooLarge,
-                    RequestBodyError::Client(_) => {
-                        Reject::BadRequest("the request body was cut off or malformed")
-                    }
-                    RequestBodyError::TimedOut(_) => Reject::RequestTimeout,
+                    RequestBodyError::TooLarge { .. } => UpstreamError::BodyTooLarge,
+                    RequestBodyError::Client(_) => UpstreamError::BodyCutOff,
+                    RequestBodyError::TimedOut(_) => UpstreamError::BodyTimedOut,
                 };
             }
             source = err.source();
         }
         tracing::warn!(upstream = %self.name, socket = %worker.socket.display(), error = %e, "worker request failed");
-        Reject::BadGateway
+        UpstreamError::Failed
     }
 
     /// Whether `w` answers: a GET of the health path, or, without one, a connect.
@@ -837,6 +862,165 @@ impl Replay {
             start = end;
         }
         Some(req)
+    }
+}
+
+/// Counts requests in flight to one worker; decremented when dropped, which
+/// is when the response body ends or the client goes away. Holds the worker
+/// connection's [`Lease`]: back to the pool only if the body ended.
+pub struct InFlight {
+    counter: Arc<AtomicUsize>,
+    lease: Option<Lease>,
+}
+
+impl InFlight {
+    pub fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            counter: counter.clone(),
+            lease: None,
+        }
+    }
+
+    /// The worker connection serving this response.
+    pub fn hold(&mut self, lease: Lease) {
+        self.lease = Some(lease);
+    }
+
+    /// The lease, at the end of the response body (`Lease::done` returns
+    /// the connection to the pool).
+    pub fn take_lease(&mut self) -> Option<Lease> {
+        self.lease.take()
+    }
+
+    /// Drops the connection's handle without returning it: after an upgrade
+    /// the socket belongs to the WebSocket relay, and the handle's request
+    /// channel (a few KiB) would otherwise live as long as the session.
+    pub fn release_connection(&mut self) {
+        self.lease = None;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a request body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body exceeds the {max}-byte limit")]
+    TooLarge { max: u64 },
+    #[error("client body error: {0}")]
+    Client(#[source] hyper::Error),
+    #[error("the client sent no request body bytes for {0:?}")]
+    TimedOut(Duration),
+}
+
+/// The client's body, failing once more than `max` bytes arrived or when
+/// no byte came for `timeout`. The error aborts the upstream request, so the
+/// worker sees an incomplete body, never a truncated one that looks whole,
+/// and its connection is closed rather than pooled. It is polled by the
+/// worker connection's task, which is woken by the timer.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    seen: u64,
+    max: u64,
+    timeout: Duration,
+    /// Made at the first wait; armed at the first wait after bytes moved.
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, max: u64, timeout: Duration) -> Self {
+        RequestBody {
+            inner: Some(inner),
+            seen: 0,
+            max,
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// No body (the gate's own requests, such as health checks).
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            seen: 0,
+            max: 0,
+            timeout: Duration::ZERO,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// The client has nothing for us: true once that lasted `timeout`.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if !self.armed {
+                    s.as_mut().reset(tokio::time::Instant::now() + timeout);
+                }
+                s
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep(timeout))),
+        };
+        self.armed = true;
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = match Pin::new(inner).poll_frame(cx) {
+            Poll::Pending => {
+                if self.stalled(cx) {
+                    self.inner = None;
+                    crate::metrics::client_cutoff("request_body");
+                    let t = self.timeout;
+                    return Poll::Ready(Some(Err(RequestBodyError::TimedOut(t))));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                return Poll::Ready(Some(Err(RequestBodyError::Client(e))))
+            }
+            Poll::Ready(Some(Ok(f))) => f,
+        };
+        self.armed = false;
+        if let Some(data) = frame.data_ref() {
+            self.seen += data.len() as u64;
+            if self.seen > self.max {
+                let max = self.max;
+                return Poll::Ready(Some(Err(RequestBodyError::TooLarge { max })));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
     }
 }
 
