@@ -22,9 +22,9 @@ use tokio::net::TcpListener;
 
 use crate::body::GateBody;
 use crate::clock::unix_now;
+use crate::cluster::Sharing;
 use crate::gate::{Gate, ReloadError, Shared};
 use crate::reject::{self, Reject};
-use crate::shared::Sharing;
 
 /// Admin request bodies are small JSON documents.
 const MAX_ADMIN_BODY: usize = 64 * 1024;

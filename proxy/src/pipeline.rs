@@ -19,15 +19,15 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
 use crate::accesslog::{LoggedBody, RequestLog};
-use crate::auth::AuthSlot;
 use crate::body::{to_client, GateBody};
-use crate::compress;
+use crate::cluster::SharedLimits;
+use crate::gate::router::RouteEntry;
 use crate::gate::Gate;
 use crate::reject::{self, Reject};
-use crate::router::RouteEntry;
-use crate::shared::SharedLimits;
+use crate::steps::auth::AuthSlot;
+use crate::steps::compress;
+use crate::steps::websocket;
 use crate::upstream::RequestBody;
-use crate::websocket;
 
 /// What the gate knows about the connection a request came on.
 #[derive(Debug, Clone)]

@@ -13,11 +13,11 @@ use asgi_gate_filters::jwt::{self, AuthError};
 use asgi_gate_filters::limits::LimitError;
 
 use crate::body::GateBody;
-use crate::compress::CompressError;
-use crate::router::NoRoute;
-use crate::static_files::NotServed;
+use crate::gate::router::NoRoute;
+use crate::steps::compress::CompressError;
+use crate::steps::static_files::NotServed;
+use crate::steps::websocket::ExtensionAgreed;
 use crate::upstream::UpstreamError;
-use crate::websocket::ExtensionAgreed;
 
 /// Every way the gate answers a request itself instead of the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]

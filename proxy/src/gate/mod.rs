@@ -17,11 +17,14 @@ use asgi_gate_filters::{cors, forwarding, header_names, path, request_id, securi
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use crate::auth::{self, AuthSetupError, AuthSlot, Revocations};
-use crate::router::{RouteEntry, Router, RouterError};
-use crate::shared::SharedLimits;
-use crate::static_files::StaticRoute;
+use crate::cluster::SharedLimits;
+use crate::gate::router::{RouteEntry, Router, RouterError};
+use crate::steps::auth::{self, AuthSetupError, AuthSlot, Revocations};
+use crate::steps::static_files::StaticRoute;
 use crate::upstream::Upstream;
+
+pub mod router;
+pub mod tls;
 
 pub struct Gate {
     pub router: Router,
@@ -65,7 +68,7 @@ pub enum GateError {
     #[error("security_headers.{0}: not a valid header value")]
     HeaderValue(&'static str),
     #[error("{0}")]
-    Shared(crate::shared::SharedError),
+    Shared(crate::cluster::SharedError),
 }
 
 fn cors_policy(c: &Cors) -> cors::Policy {
@@ -322,12 +325,12 @@ fn route_entry(
         limits_before_auth,
         limits_after_auth,
         auth,
-        compression: crate::compress::route_policy(cfg.compression.as_ref(), route),
+        compression: crate::steps::compress::route_policy(cfg.compression.as_ref(), route),
         static_files,
         websocket: route
             .websocket
             .as_ref()
-            .and_then(crate::websocket::Limits::new)
+            .and_then(crate::steps::websocket::Limits::new)
             .map(Arc::new),
         cors: match &route.cors {
             RouteCors::Inherit => global_cors.cloned(),
@@ -350,7 +353,7 @@ pub struct Shared {
     /// Applied to every reloaded config (supervisor mode fills in sockets).
     adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
     /// TLS listeners' certificates, re-read on every reload.
-    certs: Vec<Arc<crate::tls::Tls>>,
+    certs: Vec<Arc<crate::gate::tls::Tls>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -370,7 +373,7 @@ impl Shared {
         path: Option<PathBuf>,
         opts: LoadOptions,
         adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
-        certs: Vec<Arc<crate::tls::Tls>>,
+        certs: Vec<Arc<crate::gate::tls::Tls>>,
     ) -> Shared {
         Shared {
             current: RwLock::new(Arc::new(gate)),

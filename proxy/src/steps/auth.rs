@@ -41,7 +41,7 @@ pub enum AuthSetupError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Shared(crate::shared::SharedError),
+    Shared(crate::cluster::SharedError),
 }
 
 /// One named policy. Its key set can be swapped by the JWKS refresher.
@@ -238,7 +238,7 @@ pub struct Revocations {
     log: Option<Mutex<RevocationLog>>,
     max_leeway: AtomicU64,
     /// `revocation.redis`: shared with the other gates.
-    pub shared: Option<Arc<crate::shared::SharedRevocations>>,
+    pub shared: Option<Arc<crate::cluster::SharedRevocations>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +271,7 @@ impl Revocations {
         let shared = match conf.and_then(|c| c.redis.as_deref()) {
             None => None,
             Some(url) => Some(Arc::new(
-                crate::shared::SharedRevocations::new(url).map_err(AuthSetupError::Shared)?,
+                crate::cluster::SharedRevocations::new(url).map_err(AuthSetupError::Shared)?,
             )),
         };
         Ok(Revocations {
@@ -386,7 +386,7 @@ impl Revocations {
     }
 }
 
-impl crate::shared::LocalList for Revocations {
+impl crate::cluster::LocalList for Revocations {
     fn apply_shared(&self, entries: &[(KeyHash, u64)]) -> usize {
         Revocations::apply_shared(self, entries)
     }

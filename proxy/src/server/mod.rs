@@ -20,11 +20,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::admin;
+use crate::gate::tls::Tls;
 use crate::gate::{Gate, Shared};
 use crate::pipeline::{self, ConnInfo};
 use crate::reject::{self, Reject};
-use crate::tls::Tls;
-use crate::watch::{ConnActivity, ConnTask, GateExec};
+use deadlines::{ConnActivity, ConnTask, GateExec};
+
+pub mod deadlines;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -36,7 +38,7 @@ pub enum ServeError {
     #[error("{0}")]
     Gate(#[from] crate::gate::GateError),
     #[error("{0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::gate::tls::TlsError),
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -10,7 +10,7 @@ use asgi_gate_filters::ratelimit::RateLimit;
 
 use http::{HeaderValue, Method};
 
-use crate::auth::AuthSlot;
+use crate::steps::auth::AuthSlot;
 
 /// A route as the pipeline uses it.
 pub struct RouteEntry {
@@ -26,9 +26,9 @@ pub struct RouteEntry {
     /// `None` when this route does not compress.
     pub compression: Option<Arc<CompressionPolicy>>,
     /// A static route's directory (then `upstream` is unused).
-    pub static_files: Option<Arc<crate::static_files::StaticRoute>>,
+    pub static_files: Option<Arc<crate::steps::static_files::StaticRoute>>,
     /// The route's `websocket:` limits, if it sets any.
-    pub websocket: Option<Arc<crate::websocket::Limits>>,
+    pub websocket: Option<Arc<crate::steps::websocket::Limits>>,
     /// `None` when the gate does not do CORS on this route.
     pub cors: Option<Arc<asgi_gate_filters::cors::Policy>>,
     /// This route's duration histogram, resolved once (label lookups hash).
@@ -81,7 +81,7 @@ pub enum RouterError {
         name: String,
     },
     #[error("{0}")]
-    Static(#[from] crate::static_files::StaticError),
+    Static(#[from] crate::steps::static_files::StaticError),
 }
 
 fn allows(route: &Route, method: &Method) -> bool {
