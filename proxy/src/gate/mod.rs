@@ -1,30 +1,34 @@
-//! The gate's runtime state built from a checked config: router, upstreams,
-//! rate limits, JWT policies, revocation list. Shared read-only by every
-//! connection (the parts that change — JWKS keys, revocations, buckets —
-//! change behind their own locks).
+//! The gate: the state a request reads, built from a checked config —
+//! router (`router`), upstreams, rate limits, JWT policies, revocation list,
+//! TLS certificates (`tls`). `build` makes one; `reload` swaps it whole
+//! ([`Shared`]). Shared read-only by every connection (the parts that
+//! change — JWKS keys, revocations, buckets — change behind their own
+//! locks).
+//!
+//! It holds each route's prepared step policies (`steps/`), upstreams and
+//! the Redis link (`cluster`), and names nothing above it: not the
+//! pipeline, `reject` or the server.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use std::path::PathBuf;
-use std::sync::RwLock;
-
-use asgi_gate_config::{
-    Config, ConfigErrors, Cors, Limits, LoadOptions, RateKey, Route, RouteCors, RouteTarget,
-};
-use asgi_gate_filters::ratelimit::{KeyKind, LimitParams, RateLimit, RateLimitError};
-use asgi_gate_filters::{cors, forwarding, header_names, path, request_id, security_headers};
-use http::{HeaderName, HeaderValue};
+use asgi_gate_config::Limits;
+use asgi_gate_filters::ratelimit::{RateLimit, RateLimitError};
+use asgi_gate_filters::{header_names, path, security_headers};
+use http::HeaderName;
 use ipnet::IpNet;
 
 use crate::cluster::SharedLimits;
-use crate::gate::router::{RouteEntry, Router, RouterError};
-use crate::steps::auth::{self, AuthSetupError, AuthSlot, Revocations};
-use crate::steps::static_files::StaticRoute;
+use crate::gate::router::{Router, RouterError};
+use crate::steps::auth::{AuthSetupError, AuthSlot, Revocations};
 use crate::upstream::Upstream;
 
+mod build;
+pub mod reload;
 pub mod router;
 pub mod tls;
+
+pub use reload::{log_reload, ReloadError, Shared};
 
 pub struct Gate {
     pub router: Router,
@@ -71,396 +75,9 @@ pub enum GateError {
     Shared(crate::cluster::SharedError),
 }
 
-fn cors_policy(c: &Cors) -> cors::Policy {
-    cors::Policy::new(
-        &c.allow_origins,
-        &c.allow_methods,
-        &c.allow_headers,
-        &c.expose_headers,
-        c.allow_credentials,
-        c.max_age,
-    )
-}
-
-fn security_policy(cfg: &Config) -> Result<Option<security_headers::Policy>, GateError> {
-    let Some(sh) = &cfg.security_headers else {
-        return Ok(None);
-    };
-    let value = |v: &Option<String>, name: &'static str| {
-        v.as_deref()
-            .map(|s| HeaderValue::from_str(s).map_err(|_| GateError::HeaderValue(name)))
-            .transpose()
-    };
-    Ok(Some(security_headers::Policy {
-        hsts: sh.hsts,
-        content_type_options: value(&sh.content_type_options, "content_type_options")?,
-        referrer_policy: value(&sh.referrer_policy, "referrer_policy")?,
-        frame_options: value(&sh.frame_options, "frame_options")?,
-        remove: sh.remove.clone(),
-    }))
-}
-
-fn rate_limit(name: &str, conf: &asgi_gate_config::RateLimit) -> Result<RateLimit, GateError> {
-    let key = match &conf.key {
-        RateKey::ClientIp => KeyKind::ClientIp,
-        RateKey::Claim(c) => KeyKind::Claim(c.as_str().into()),
-        RateKey::Header(h) => KeyKind::Header(h.clone()),
-    };
-    let mut params = LimitParams::new(key, conf.rate.count, conf.rate.per);
-    params.burst = Some(conf.burst);
-    params.headers = conf.headers;
-    params.max_keys = conf.max_keys;
-    params.ipv6_prefix = conf.ipv6_prefix;
-    params.shared = conf.shared;
-    RateLimit::new(name, params).map_err(|source| GateError::RateLimit {
-        name: name.to_string(),
-        source,
-    })
-}
-
 impl Gate {
-    /// Builds the gate. Async because a `jwks_url` is fetched once at start.
-    /// On reload, `previous` lends what must survive it: the buckets of
-    /// unchanged rate limits, the pools of unchanged upstreams, and the
-    /// revocation list. New upstreams and policies get their background
-    /// tasks here.
-    pub async fn build(cfg: &Config, previous: Option<&Gate>) -> Result<Gate, GateError> {
-        let mut rate_limits = Vec::with_capacity(cfg.rate_limits.len());
-        for (name, conf) in &cfg.rate_limits {
-            let fresh = rate_limit(name, conf)?;
-            let kept = previous.and_then(|p| {
-                p.rate_limits
-                    .iter()
-                    .find(|l| l.name() == name && l.params() == fresh.params())
-            });
-            rate_limits.push(kept.cloned().unwrap_or_else(|| Arc::new(fresh)));
-        }
-        let mut auth = Vec::with_capacity(cfg.auth.len());
-        for (name, conf) in &cfg.auth {
-            let slot = Arc::new(auth::build_slot(name, conf).await?);
-            tokio::spawn(auth::jwks_refresher(Arc::downgrade(&slot)));
-            auth.push(slot);
-        }
-        let mut claim_headers: Vec<HeaderName> = Vec::new();
-        for slot in &auth {
-            for h in slot.current().claim_header_names() {
-                if !claim_headers.contains(h) {
-                    claim_headers.push(h.clone());
-                }
-            }
-        }
-        let owned_headers = owned_headers(cfg, &claim_headers);
-        let max_leeway = max_leeway(&auth);
-        let revocations = match previous {
-            // The list outlives reloads; its log file is a restart-time
-            // setting. Its leeway is set by `try_reload` once this build
-            // has succeeded.
-            Some(p) => p.revocations.clone(),
-            None => {
-                let r = Arc::new(Revocations::open(cfg.revocation.as_ref(), max_leeway)?);
-                tokio::spawn(auth::revocation_sweeper(Arc::downgrade(&r)));
-                if let Some(shared) = r.shared.clone() {
-                    let list = Arc::downgrade(&r);
-                    tokio::spawn(async move { shared.follow(list).await });
-                }
-                r
-            }
-        };
-        let upstreams: Vec<Arc<Upstream>> = cfg
-            .upstreams
-            .iter()
-            .map(|(name, conf)| {
-                let kept = previous.and_then(|p| {
-                    p.upstreams
-                        .iter()
-                        .find(|u| u.name == *name && u.conf == *conf)
-                });
-                kept.cloned().unwrap_or_else(|| {
-                    let up = Arc::new(Upstream::new(name, conf));
-                    tokio::spawn(crate::upstream::health_loop(Arc::downgrade(&up)));
-                    up
-                })
-            })
-            .collect();
-        let cors = cfg.cors.as_ref().map(|c| Arc::new(cors_policy(c)));
-        // The revocation list's Redis connection serves the limits too.
-        let shared_limits = match cfg.revocation.as_ref().and_then(|r| r.redis.as_deref()) {
-            Some(url) if cfg.rate_limits.values().any(|l| l.shared) => {
-                Some(Arc::new(match &revocations.shared {
-                    Some(s) => SharedLimits::new(s.connection()),
-                    None => SharedLimits::connect(url).map_err(GateError::Shared)?,
-                }))
-            }
-            _ => None,
-        };
-        let router = Router::new(&cfg.routes, |route| {
-            route_entry(route, cfg, &upstreams, &rate_limits, &auth, cors.as_ref())
-        })?;
-        Ok(Gate {
-            router,
-            upstreams,
-            rate_limits,
-            auth,
-            claim_headers,
-            owned_headers,
-            underscores: match cfg.headers.underscores {
-                asgi_gate_config::Underscores::Owned => header_names::Underscores::Owned,
-                asgi_gate_config::Underscores::Drop => header_names::Underscores::Drop,
-            },
-            encoded_slash: match cfg.paths.encoded_slash {
-                asgi_gate_config::EncodedSlash::Reject => path::EncodedSlash::Reject,
-                asgi_gate_config::EncodedSlash::Keep => path::EncodedSlash::Keep,
-            },
-            revocations,
-            trusted_proxies: cfg.trusted_proxies.clone(),
-            limits: cfg.limits.clone(),
-            allowed_hosts: cfg.allowed_hosts.clone(),
-            https_redirect: cfg
-                .https_redirect
-                .then(|| {
-                    cfg.listen
-                        .iter()
-                        .find(|l| l.tls.is_some())
-                        .map(|l| l.address.port())
-                })
-                .flatten(),
-            security_headers: security_policy(cfg)?,
-            shared_limits,
-            // Sessions outlive reloads; so does their count.
-            websockets_open: previous
-                .map(|p| p.websockets_open.clone())
-                .unwrap_or_else(|| Arc::new(AtomicUsize::new(0))),
-        })
-    }
-
     /// Ready: every upstream has at least one worker answering.
     pub fn is_ready(&self) -> bool {
         self.upstreams.iter().all(|u| u.any_healthy())
-    }
-}
-
-/// The headers the gate sets (X-Forwarded-*, X-Request-Id, claims) or
-/// decides on (rate-limit keys, Accept-Encoding).
-fn owned_headers(cfg: &Config, claim_headers: &[HeaderName]) -> Vec<HeaderName> {
-    let mut owned = vec![
-        forwarding::X_FORWARDED_FOR.clone(),
-        forwarding::X_FORWARDED_PROTO.clone(),
-        forwarding::X_FORWARDED_HOST.clone(),
-        request_id::X_REQUEST_ID.clone(),
-        http::header::ACCEPT_ENCODING,
-    ];
-    let keyed = cfg.rate_limits.values().filter_map(|l| match &l.key {
-        RateKey::Header(h) => Some(h),
-        _ => None,
-    });
-    for h in claim_headers.iter().chain(keyed) {
-        if !owned.contains(h) {
-            owned.push(h.clone());
-        }
-    }
-    owned
-}
-
-/// The largest leeway of all policies: what a bare `{jti, exp}` revocation
-/// adds, so it lasts as long as any policy could accept the token.
-fn max_leeway(auth: &[Arc<AuthSlot>]) -> u64 {
-    auth.iter()
-        .map(|s| s.current().leeway_secs())
-        .max()
-        .unwrap_or(0)
-}
-
-/// Resolves a route's names into the parts the pipeline uses.
-fn route_entry(
-    route: &Route,
-    cfg: &Config,
-    upstreams: &[Arc<Upstream>],
-    limits: &[Arc<RateLimit>],
-    auth: &[Arc<AuthSlot>],
-    global_cors: Option<&Arc<cors::Policy>>,
-) -> Result<RouteEntry, RouterError> {
-    let unknown = |kind, name: &str| RouterError::Unknown {
-        path: route.path.clone(),
-        kind,
-        name: name.to_string(),
-    };
-    let (upstream, static_files) = match &route.target {
-        RouteTarget::Upstream(name) => (
-            upstreams
-                .iter()
-                .position(|u| u.name == *name)
-                .ok_or_else(|| unknown("upstream", name))?,
-            None,
-        ),
-        RouteTarget::Static(dir) => (
-            usize::MAX,
-            Some(Arc::new(StaticRoute::new(&route.path, dir)?)),
-        ),
-    };
-    let mut limits_before_auth = Vec::new();
-    let mut limits_after_auth = Vec::new();
-    for name in &route.rate_limits {
-        let l = limits
-            .iter()
-            .find(|l| l.name() == name)
-            .ok_or_else(|| unknown("rate limit", name))?;
-        if l.needs_claims() {
-            limits_after_auth.push(l.clone());
-        } else {
-            limits_before_auth.push(l.clone());
-        }
-    }
-    let auth = match &route.auth {
-        None => None,
-        Some(name) => Some(
-            auth.iter()
-                .find(|s| s.name == *name)
-                .cloned()
-                .ok_or_else(|| unknown("auth policy", name))?,
-        ),
-    };
-    Ok(RouteEntry {
-        conf: route.clone(),
-        upstream,
-        limits_before_auth,
-        limits_after_auth,
-        auth,
-        compression: crate::steps::compress::route_policy(cfg.compression.as_ref(), route),
-        static_files,
-        websocket: route
-            .websocket
-            .as_ref()
-            .and_then(crate::steps::websocket::Limits::new)
-            .map(Arc::new),
-        cors: match &route.cors {
-            RouteCors::Inherit => global_cors.cloned(),
-            RouteCors::Off => None,
-            RouteCors::Own(c) => Some(Arc::new(cors_policy(c))),
-        },
-        duration: crate::metrics::get().map(|m| m.duration.with_label_values(&[&route.path])),
-        requests: Default::default(),
-    })
-}
-
-/// The gate currently serving, swapped whole on reload: each request takes
-/// the current one when it starts and finishes on it.
-pub struct Shared {
-    current: RwLock<Arc<Gate>>,
-    /// Settings only a restart applies, as the gate started with them.
-    started: Config,
-    path: Option<PathBuf>,
-    opts: LoadOptions,
-    /// Applied to every reloaded config (supervisor mode fills in sockets).
-    adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
-    /// TLS listeners' certificates, re-read on every reload.
-    certs: Vec<Arc<crate::gate::tls::Tls>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("no config file to reload (built-in config)")]
-    NoFile,
-    #[error("{0}")]
-    Invalid(ConfigErrors),
-    #[error("{0}")]
-    Build(#[from] GateError),
-}
-
-impl Shared {
-    pub fn new(
-        gate: Gate,
-        started: Config,
-        path: Option<PathBuf>,
-        opts: LoadOptions,
-        adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
-        certs: Vec<Arc<crate::gate::tls::Tls>>,
-    ) -> Shared {
-        Shared {
-            current: RwLock::new(Arc::new(gate)),
-            started,
-            path,
-            opts,
-            adjust,
-            certs,
-        }
-    }
-
-    pub fn current(&self) -> Arc<Gate> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Re-reads the config file. Valid: routes, policies, limits, upstreams
-    /// and compression swap at once for new requests; the returned notes
-    /// name changes that need a restart (not applied). Invalid: nothing
-    /// changes and every error comes back with its position.
-    pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
-        let result = self.try_reload().await;
-        if let Some(m) = crate::metrics::get() {
-            let label = if result.is_ok() { "ok" } else { "failed" };
-            m.reloads.with_label_values(&[label]).inc();
-        }
-        result
-    }
-
-    async fn try_reload(&self) -> Result<Vec<String>, ReloadError> {
-        let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
-        let mut cfg = asgi_gate_config::load(path, self.opts).map_err(ReloadError::Invalid)?;
-        (self.adjust)(&mut cfg);
-        let mut notes = Vec::new();
-        let old = &self.started;
-        if cfg.listen != old.listen {
-            notes.push("`listen` changed: restart to apply".to_string());
-        }
-        if cfg.admin.address != old.admin.address {
-            notes.push("`admin.address` changed: restart to apply".to_string());
-        }
-        if cfg.threads != old.threads {
-            notes.push("`threads` changed: restart to apply".to_string());
-        }
-        if cfg.revocation != old.revocation {
-            notes.push("`revocation` changed: restart to apply".to_string());
-        }
-        if cfg.limits.header_timeout != old.limits.header_timeout
-            || cfg.limits.max_header_bytes != old.limits.max_header_bytes
-        {
-            notes.push(
-                "`limits.header_timeout`/`max_header_bytes` apply to new connections only"
-                    .to_string(),
-            );
-        }
-        let previous = self.current();
-        let gate = Gate::build(&cfg, Some(&previous)).await?;
-        // While old and new policies both serve, the larger of their leeways.
-        let (rev, leeway) = (gate.revocations.clone(), max_leeway(&gate.auth));
-        rev.set_max_leeway(leeway.max(rev.max_leeway()));
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gate);
-        rev.set_max_leeway(leeway);
-        for cert in &self.certs {
-            if let Err(e) = cert.reload() {
-                notes.push(format!("{e}; the previous certificate keeps serving"));
-            }
-        }
-        Ok(notes)
-    }
-}
-
-/// One log line per outcome, every config error with its position.
-pub fn log_reload(result: &Result<Vec<String>, ReloadError>) {
-    match result {
-        Ok(notes) => {
-            tracing::info!("config reloaded");
-            for n in notes {
-                tracing::warn!("{n}");
-            }
-        }
-        Err(ReloadError::Invalid(errors)) => {
-            for e in &errors.0 {
-                tracing::error!("reload refused, old config keeps serving: {e}");
-            }
-        }
-        Err(e) => tracing::error!("reload refused, old config keeps serving: {e}"),
     }
 }
