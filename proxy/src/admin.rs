@@ -302,16 +302,16 @@ fn render_metrics(gate: &Gate) -> Vec<u8> {
         return Vec::new();
     };
     for up in &gate.upstreams {
-        let (busy, idle, waiting) = up.pool_state();
+        let state = up.pool_state();
         m.pool_connections
             .with_label_values(&[up.name.as_str(), "busy"])
-            .set(busy as i64);
+            .set(state.busy as i64);
         m.pool_connections
             .with_label_values(&[up.name.as_str(), "idle"])
-            .set(idle as i64);
+            .set(state.idle as i64);
         m.pool_connections
             .with_label_values(&[up.name.as_str(), "waiting"])
-            .set(waiting as i64);
+            .set(state.waiting as i64);
     }
     m.revocations.set(gate.revocations.list.len() as i64);
     m.revocation_outbox.set(

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use crate::accesslog::{LoggedBody, RequestLog};
 use crate::body::{to_client, GateBody};
 use crate::cluster::SharedLimits;
-use crate::gate::router::RouteEntry;
+use crate::gate::router::{RouteEntry, Target};
 use crate::gate::Gate;
 use crate::reject::{self, Reject};
 use crate::steps::auth::AuthSlot;
@@ -219,33 +219,30 @@ async fn process(
 
     // 6. A static route's file, or the worker's answer over a pooled
     //    connection, streamed back.
-    let mut resp = match &route.static_files {
-        Some(files) => {
+    let mut resp = match &route.target {
+        Target::Static(files) => {
             // Boxed, as the other rare paths: the request's future is moved
             // a few times on its way, so it is kept to what most requests need.
             Box::pin(files.serve(&parts.method, parts.uri.path(), &parts.headers)).await?
         }
-        None => {
+        Target::Upstream(index) => {
             let req = Request::from_parts(
                 parts,
                 RequestBody::new(body, gate.limits.max_body, gate.limits.body_timeout),
             );
-            let upstream = gate
-                .upstreams
-                .get(route.upstream)
-                .ok_or(Reject::BadGateway)?;
-            let (resp, in_flight, socket) = upstream.send(req).await?;
-            log.socket = Some(socket);
+            let upstream = gate.upstreams.get(*index).ok_or(Reject::BadGateway)?;
+            let sent = upstream.send(req).await?;
+            log.socket = Some(sent.socket);
             match on_upgrade {
                 Some(client_side) => websocket::relay(
                     &gate.websockets_open,
                     gate.limits.websocket_idle_timeout,
                     route.websocket.clone(),
-                    resp,
-                    in_flight,
+                    sent.response,
+                    sent.in_flight,
                     client_side,
                 )?,
-                None => to_client(resp, in_flight),
+                None => to_client(sent.response, sent.in_flight),
             }
         }
     };

@@ -11,7 +11,7 @@ use asgi_gate_filters::{cors, forwarding, header_names, path, request_id, securi
 use http::{HeaderName, HeaderValue};
 
 use crate::cluster::SharedLimits;
-use crate::gate::router::{RouteEntry, Router, RouterError};
+use crate::gate::router::{RouteEntry, Router, RouterError, Target};
 use crate::steps::auth::{self, AuthSlot, Revocations};
 use crate::steps::static_files::StaticRoute;
 use crate::upstream::Upstream;
@@ -226,18 +226,14 @@ fn route_entry(
         kind,
         name: name.to_string(),
     };
-    let (upstream, static_files) = match &route.target {
-        RouteTarget::Upstream(name) => (
+    let target = match &route.target {
+        RouteTarget::Upstream(name) => Target::Upstream(
             upstreams
                 .iter()
                 .position(|u| u.name == *name)
                 .ok_or_else(|| unknown("upstream", name))?,
-            None,
         ),
-        RouteTarget::Static(dir) => (
-            usize::MAX,
-            Some(Arc::new(StaticRoute::new(&route.path, dir)?)),
-        ),
+        RouteTarget::Static(dir) => Target::Static(Arc::new(StaticRoute::new(&route.path, dir)?)),
     };
     let mut limits_before_auth = Vec::new();
     let mut limits_after_auth = Vec::new();
@@ -263,12 +259,11 @@ fn route_entry(
     };
     Ok(RouteEntry {
         conf: route.clone(),
-        upstream,
+        target,
         limits_before_auth,
         limits_after_auth,
         auth,
         compression: crate::steps::compress::route_policy(cfg.compression.as_ref(), route),
-        static_files,
         websocket: route
             .websocket
             .as_ref()

@@ -11,12 +11,30 @@ use asgi_gate_filters::ratelimit::RateLimit;
 use http::{HeaderValue, Method};
 
 use crate::steps::auth::AuthSlot;
+use crate::steps::static_files::StaticRoute;
+
+/// Where a route sends its requests.
+pub enum Target {
+    /// The upstream at this index in the gate's upstream list.
+    Upstream(usize),
+    /// A static route's directory.
+    Static(Arc<StaticRoute>),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Upstream(i) => f.debug_tuple("Upstream").field(i).finish(),
+            Target::Static(_) => f.write_str("Static"),
+        }
+    }
+}
 
 /// A route as the pipeline uses it.
 pub struct RouteEntry {
     pub conf: Route,
-    /// Index into the gate's upstream list.
-    pub upstream: usize,
+    /// Where the request goes: a worker, or a static route's files.
+    pub target: Target,
     /// Limits keyed by client IP or header: checked before the JWT, so
     /// floods of bad tokens are limited too.
     pub limits_before_auth: Vec<Arc<RateLimit>>,
@@ -25,8 +43,6 @@ pub struct RouteEntry {
     pub auth: Option<Arc<AuthSlot>>,
     /// `None` when this route does not compress.
     pub compression: Option<Arc<CompressionPolicy>>,
-    /// A static route's directory (then `upstream` is unused).
-    pub static_files: Option<Arc<crate::steps::static_files::StaticRoute>>,
     /// The route's `websocket:` limits, if it sets any.
     pub websocket: Option<Arc<crate::steps::websocket::Limits>>,
     /// `None` when the gate does not do CORS on this route.
@@ -40,7 +56,7 @@ impl std::fmt::Debug for RouteEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteEntry")
             .field("path", &self.conf.path)
-            .field("upstream", &self.upstream)
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
@@ -190,6 +206,13 @@ mod tests {
         }
     }
 
+    fn upstream(e: &RouteEntry) -> Option<usize> {
+        match e.target {
+            Target::Upstream(i) => Some(i),
+            Target::Static(_) => None,
+        }
+    }
+
     /// Upstream `a` is slot 0, `b` slot 1; anything else is unknown.
     fn entry(route: &Route) -> Result<RouteEntry, RouterError> {
         let upstream = match &route.target {
@@ -205,12 +228,11 @@ mod tests {
         };
         Ok(RouteEntry {
             conf: route.clone(),
-            upstream,
+            target: Target::Upstream(upstream),
             limits_before_auth: vec![],
             limits_after_auth: vec![],
             auth: None,
             compression: None,
-            static_files: None,
             websocket: None,
             cors: None,
             duration: None,
@@ -229,11 +251,14 @@ mod tests {
             entry,
         )
         .unwrap();
-        assert_eq!(r.find("/api/x", &Method::GET).unwrap().upstream, 1);
-        assert_eq!(r.find("/api/health", &Method::GET).unwrap().upstream, 0);
-        assert_eq!(r.find("/other", &Method::GET).unwrap().upstream, 0);
-        assert_eq!(r.find("/", &Method::GET).unwrap().upstream, 0);
-        assert_eq!(r.find("/api/", &Method::GET).unwrap().upstream, 1);
+        assert_eq!(upstream(r.find("/api/x", &Method::GET).unwrap()), Some(1));
+        assert_eq!(
+            upstream(r.find("/api/health", &Method::GET).unwrap()),
+            Some(0)
+        );
+        assert_eq!(upstream(r.find("/other", &Method::GET).unwrap()), Some(0));
+        assert_eq!(upstream(r.find("/", &Method::GET).unwrap()), Some(0));
+        assert_eq!(upstream(r.find("/api/", &Method::GET).unwrap()), Some(1));
     }
 
     #[test]
@@ -246,9 +271,9 @@ mod tests {
             entry,
         )
         .unwrap();
-        assert_eq!(r.find("/items", &Method::GET).unwrap().upstream, 0);
-        assert_eq!(r.find("/items", &Method::HEAD).unwrap().upstream, 0);
-        assert_eq!(r.find("/items", &Method::POST).unwrap().upstream, 1);
+        assert_eq!(upstream(r.find("/items", &Method::GET).unwrap()), Some(0));
+        assert_eq!(upstream(r.find("/items", &Method::HEAD).unwrap()), Some(0));
+        assert_eq!(upstream(r.find("/items", &Method::POST).unwrap()), Some(1));
         match r.find("/items", &Method::PUT) {
             Err(NoRoute::MethodNotAllowed(allow)) => assert_eq!(allow, "DELETE, GET, HEAD, POST"),
             other => panic!("{other:?}"),
@@ -266,8 +291,8 @@ mod tests {
             entry,
         )
         .unwrap();
-        assert_eq!(r.find("/", &Method::GET).unwrap().upstream, 1);
-        assert_eq!(r.find("/x", &Method::GET).unwrap().upstream, 0);
+        assert_eq!(upstream(r.find("/", &Method::GET).unwrap()), Some(1));
+        assert_eq!(upstream(r.find("/x", &Method::GET).unwrap()), Some(0));
     }
 
     #[test]

@@ -118,6 +118,26 @@ impl Worker {
 
 /// Extra attempts a request may get on other workers after its first one.
 const MAX_RETRIES: usize = 2;
+/// A worker's answer to [`Upstream::send`]: its response head and body
+/// stream, the worker slot the response holds until its body ends, and the
+/// socket that answered (for the access log).
+pub struct Sent {
+    pub response: Response<Incoming>,
+    pub in_flight: InFlight,
+    pub socket: Arc<PathBuf>,
+}
+
+/// Open sockets and waiting requests over an upstream's workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolState {
+    /// Open sockets serving a request.
+    pub busy: usize,
+    /// Open sockets idle in the pool.
+    pub idle: usize,
+    /// Requests without a socket.
+    pub waiting: usize,
+}
+
 /// A named group of workers.
 pub struct Upstream {
     pub name: String,
@@ -185,10 +205,7 @@ impl Upstream {
     /// goes again only if it is idempotent and bodiless, and only once. At
     /// most one attempt per worker and [`MAX_RETRIES`] extra attempts, all
     /// within one `read_timeout`.
-    pub async fn send(
-        &self,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, InFlight, Arc<PathBuf>), UpstreamError> {
+    pub async fn send(&self, mut req: Request<RequestBody>) -> Result<Sent, UpstreamError> {
         let (index, worker) = self.pick().ok_or(UpstreamError::NoWorker)?;
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             // h2 and absolute-form requests: the worker gets origin-form.
@@ -206,7 +223,11 @@ impl Upstream {
                     r.recycle();
                 }
                 guard.hold(lease);
-                return Ok((resp, guard, worker.socket.clone()));
+                return Ok(Sent {
+                    response: resp,
+                    in_flight: guard,
+                    socket: worker.socket.clone(),
+                });
             }
             Ok(Err(failed)) => failed,
             Err(_) => {
@@ -227,7 +248,7 @@ impl Upstream {
         mut failed: Failed,
         mut replay: Option<Box<Replay>>,
         deadline: tokio::time::Instant,
-    ) -> Result<(Response<Incoming>, InFlight, Arc<PathBuf>), UpstreamError> {
+    ) -> Result<Sent, UpstreamError> {
         let mut tried = vec![first];
         let mut worker = &self.workers[first];
         loop {
@@ -258,7 +279,11 @@ impl Upstream {
                         r.recycle();
                     }
                     guard.hold(lease);
-                    return Ok((resp, guard, worker.socket.clone()));
+                    return Ok(Sent {
+                        response: resp,
+                        in_flight: guard,
+                        socket: worker.socket.clone(),
+                    });
                 }
                 Ok(Err(f)) => failed = f,
                 Err(_) => return self.timed_out(worker),
@@ -306,17 +331,22 @@ impl Upstream {
         UpstreamError::Failed
     }
 
-    /// (busy, idle, waiting) summed over the workers: open sockets serving
-    /// a request, open sockets idle in the pool, requests without a socket.
-    pub fn pool_state(&self) -> (usize, usize, usize) {
-        self.workers.iter().fold((0, 0, 0), |(b, i, w), worker| {
-            let open = worker
-                .max
-                .saturating_sub(worker.permits.available_permits());
-            let in_flight = worker.in_flight.load(Ordering::Relaxed);
-            let busy = in_flight.min(open);
-            (b + busy, i + open - busy, w + in_flight - busy)
-        })
+    /// Busy, idle and waiting summed over the workers.
+    pub fn pool_state(&self) -> PoolState {
+        self.workers
+            .iter()
+            .fold(PoolState::default(), |sum, worker| {
+                let open = worker
+                    .max
+                    .saturating_sub(worker.permits.available_permits());
+                let in_flight = worker.in_flight.load(Ordering::Relaxed);
+                let busy = in_flight.min(open);
+                PoolState {
+                    busy: sum.busy + busy,
+                    idle: sum.idle + open - busy,
+                    waiting: sum.waiting + in_flight - busy,
+                }
+            })
     }
 
     pub fn any_healthy(&self) -> bool {
