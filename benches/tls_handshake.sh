@@ -56,7 +56,7 @@ t1=$(ticks "$GATE")
 n=$(awk '{print $1}' <<<"$line")
 [[ "$n" =~ ^[0-9]+$ && "$n" -gt 0 ]] || { echo "tls_handshake: no handshakes measured ($line)" >&2; exit 1; }
 us=$(( (t1 - t0) * 1000000 / hz / n ))
-provider=$(grep -o 'crypto::[a-z_]*::default_provider' proxy/src/tls.rs | cut -d: -f3 || true)
+provider=$(grep -o 'crypto::[a-z_]*::default_provider' proxy/src/gate/tls.rs | cut -d: -f3 || true)
 mkdir -p "$OUT_DIR"
 {
     echo "# TLS handshake cost of the gate"

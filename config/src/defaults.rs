@@ -152,6 +152,15 @@ fn app_route(path: &str) -> Route {
     }
 }
 
+impl Config {
+    /// The config `run` uses without `-c`: listen 127.0.0.1:8000, upstream `app`
+    /// with no sockets yet, one catch-all route, admin on the default address.
+    /// (Here rather than in `types`, which names no other module.)
+    pub fn supervised_default() -> Config {
+        supervised_default()
+    }
+}
+
 /// The `run` config without `-c`: listen 127.0.0.1:8000, upstream `app` with
 /// no sockets yet (the supervisor fills them in), compression with defaults,
 /// admin on its default address. `source` is empty: there is no file to reload.

@@ -294,11 +294,3 @@ pub struct Route {
     pub cors: RouteCors,
     pub websocket: Option<WebSocketOpts>,
 }
-
-impl Config {
-    /// The config `run` uses without `-c`: listen 127.0.0.1:8000, upstream `app`
-    /// with no sockets yet, one catch-all route, admin on the default address.
-    pub fn supervised_default() -> Config {
-        crate::defaults::supervised_default()
-    }
-}

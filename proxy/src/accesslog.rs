@@ -19,9 +19,9 @@ use http::{HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::{BoxError, GateBody};
+use crate::gate::router::RouteEntry;
 use crate::json::push_json_str;
 use crate::metrics;
-use crate::router::RouteEntry;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

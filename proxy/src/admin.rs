@@ -20,11 +20,11 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-use crate::auth::unix_now;
 use crate::body::GateBody;
+use crate::clock::unix_now;
+use crate::cluster::Sharing;
 use crate::gate::{Gate, ReloadError, Shared};
 use crate::reject::{self, Reject};
-use crate::shared::Sharing;
 
 /// Admin request bodies are small JSON documents.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -98,7 +98,7 @@ async fn handle(
             )
         }),
         (Method::GET, "/metrics") => {
-            let mut r = Response::new(GateBody::full(crate::metrics::render(gate)));
+            let mut r = Response::new(GateBody::full(render_metrics(gate)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -112,7 +112,7 @@ async fn handle(
         (Method::POST, "/reload") => {
             authorize(conf, &req)?;
             let result = shared.reload().await;
-            crate::server::log_reload(&result);
+            crate::gate::log_reload(&result);
             Ok(match result {
                 Ok(notes) => json_value(
                     StatusCode::OK,
@@ -294,6 +294,42 @@ async fn revoke(gate: &Arc<Gate>, req: Request<Incoming>) -> Result<Response<Gat
         return Ok(json_value(status, &body));
     }
     Ok(json_value(status, &body))
+}
+
+/// Text exposition format, with the gauges read from the gate just now.
+fn render_metrics(gate: &Gate) -> Vec<u8> {
+    let Some(m) = crate::metrics::get() else {
+        return Vec::new();
+    };
+    for up in &gate.upstreams {
+        let state = up.pool_state();
+        m.pool_connections
+            .with_label_values(&[up.name.as_str(), "busy"])
+            .set(state.busy as i64);
+        m.pool_connections
+            .with_label_values(&[up.name.as_str(), "idle"])
+            .set(state.idle as i64);
+        m.pool_connections
+            .with_label_values(&[up.name.as_str(), "waiting"])
+            .set(state.waiting as i64);
+    }
+    m.revocations.set(gate.revocations.list.len() as i64);
+    m.revocation_outbox.set(
+        gate.revocations
+            .shared
+            .as_ref()
+            .map_or(0, |s| s.outbox_len() as i64),
+    );
+    for l in &gate.rate_limits {
+        m.rate_limit_keys
+            .with_label_values(&[l.name()])
+            .set(l.len() as i64);
+    }
+    m.websockets_open.set(
+        gate.websockets_open
+            .load(std::sync::atomic::Ordering::Relaxed) as i64,
+    );
+    m.encode()
 }
 
 #[cfg(test)]

@@ -1,23 +1,24 @@
-//! The two body types that cross the gate: `RequestBody` (the client's body
-//! on its way to the worker, cut off at `max_body`) and `GateBody` (what the
-//! client receives: the worker's stream or a small body the gate made).
+//! What the client receives: `GateBody`, the worker's stream (holding its
+//! worker slot and connection until it ends) or a small body the gate made,
+//! and the [`Stall`] mark a body leaves for its task's watcher
+//! (`server::watch`). The client's body on its way to the worker is
+//! `upstream::RequestBody`.
 
-use std::future::Future;
+use std::cell::Cell;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
+use asgi_gate_filters::forwarding;
 use bytes::Bytes;
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use tokio::time::Sleep;
 
-use crate::upstream::Lease;
-use crate::watch::Stall;
+use crate::upstream::InFlight;
 
 /// Response bytes as the worker sent them (before compression).
 static UPSTREAM_BYTES: std::sync::LazyLock<Option<prometheus::IntCounter>> =
@@ -27,179 +28,93 @@ static UPSTREAM_BYTES: std::sync::LazyLock<Option<prometheus::IntCounter>> =
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why a request body stopped before its end.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestBodyError {
-    #[error("request body exceeds the {max}-byte limit")]
-    TooLarge { max: u64 },
-    #[error("client body error: {0}")]
-    Client(#[source] hyper::Error),
-    #[error("the client sent no request body bytes for {0:?}")]
-    TimedOut(Duration),
+thread_local! {
+    /// The stall slot of the watched task being polled.
+    static STALL: Cell<Option<Arc<Stall>>> = const { Cell::new(None) };
 }
 
-/// The client's body, failing once more than `max` bytes arrived or when
-/// no byte came for `timeout`. The error aborts the upstream request, so the
-/// worker sees an incomplete body, never a truncated one that looks whole,
-/// and its connection is closed rather than pooled. It is polled by the
-/// worker connection's task, which is woken by the timer.
-pub struct RequestBody {
-    inner: Option<Incoming>,
-    seen: u64,
-    max: u64,
-    timeout: Duration,
-    /// Made at the first wait; armed at the first wait after bytes moved.
-    sleep: Option<Pin<Box<Sleep>>>,
-    armed: bool,
-}
+/// Bit 0: the body handed hyper a frame and waits to be polled again. The
+/// other bits count polls, so the watcher tells a new wait from an old one.
+#[derive(Default)]
+pub struct Stall(AtomicU32);
 
-impl RequestBody {
-    pub fn new(inner: Incoming, max: u64, timeout: Duration) -> Self {
-        RequestBody {
-            inner: Some(inner),
-            seen: 0,
-            max,
-            timeout,
-            sleep: None,
-            armed: false,
-        }
+impl Stall {
+    /// Makes `slot` the current task's slot while the watcher polls its
+    /// task (`server::watch`); returns the previous one, to put back.
+    pub fn enter(slot: Option<Arc<Stall>>) -> Option<Arc<Stall>> {
+        STALL.with(|c| c.replace(slot))
     }
 
-    /// No body (the gate's own requests, such as health checks).
-    pub fn empty() -> Self {
-        RequestBody {
-            inner: None,
-            seen: 0,
-            max: 0,
-            timeout: Duration::ZERO,
-            sleep: None,
-            armed: false,
-        }
+    /// The poll count and, in bit 0, whether the body waits for hyper.
+    #[inline]
+    pub fn state(&self) -> u32 {
+        self.0.load(Relaxed)
     }
 
-    /// The client has nothing for us: true once that lasted `timeout`.
-    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        let timeout = self.timeout;
-        let sleep = match &mut self.sleep {
-            Some(s) => {
-                if !self.armed {
-                    s.as_mut().reset(tokio::time::Instant::now() + timeout);
-                }
-                s
-            }
-            None => self.sleep.insert(Box::pin(tokio::time::sleep(timeout))),
-        };
-        self.armed = true;
-        sleep.as_mut().poll(cx).is_ready()
+    /// The slot of the watched task being polled (none outside one).
+    pub fn current() -> Option<Arc<Stall>> {
+        STALL.with(|c| {
+            let s = c.take();
+            let r = s.clone();
+            c.set(s);
+            r
+        })
+    }
+
+    /// hyper polled the body: whatever it had was taken.
+    #[inline]
+    pub fn polled(&self) {
+        let v = self.0.load(Relaxed);
+        self.0.store((v | 1).wrapping_add(1), Relaxed);
+    }
+
+    /// The body gave hyper bytes (or was just made): until the next poll,
+    /// the client is what holds it up.
+    #[inline]
+    pub fn handed(&self) {
+        let v = self.0.load(Relaxed);
+        self.0.store(v | 1, Relaxed);
     }
 }
 
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = RequestBodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = match Pin::new(inner).poll_frame(cx) {
-            Poll::Pending => {
-                if self.stalled(cx) {
-                    self.inner = None;
-                    crate::metrics::client_cutoff("request_body");
-                    let t = self.timeout;
-                    return Poll::Ready(Some(Err(RequestBodyError::TimedOut(t))));
-                }
-                return Poll::Pending;
-            }
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => {
-                return Poll::Ready(Some(Err(RequestBodyError::Client(e))))
-            }
-            Poll::Ready(Some(Ok(f))) => f,
-        };
-        self.armed = false;
-        if let Some(data) = frame.data_ref() {
-            self.seen += data.len() as u64;
-            if self.seen > self.max {
-                let max = self.max;
-                return Poll::Ready(Some(Err(RequestBodyError::TooLarge { max })));
-            }
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Some(b) => b.size_hint(),
-            None => SizeHint::with_exact(0),
-        }
-    }
-}
-
-/// Counts requests in flight to one worker; decremented when dropped, which
-/// is when the response body ends or the client goes away. Holds the worker
-/// connection's [`Lease`]: back to the pool only if the body ended.
-pub struct InFlight {
-    counter: Arc<AtomicUsize>,
-    lease: Option<Lease>,
-    /// Where the response body tells its task's watch that it waits for the
-    /// client (see `watch.rs`); cleared when this ends.
+/// What an upstream response body holds besides its stream: the worker's
+/// in-flight slot with its connection's lease, and the stall slot of the
+/// task hyper polls it in (see `server::watch`), told on drop that the body
+/// no longer waits.
+pub struct Held {
+    in_flight: InFlight,
     stall: Option<Arc<Stall>>,
 }
 
-impl InFlight {
-    pub fn enter(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            counter: counter.clone(),
-            lease: None,
-            stall: None,
-        }
-    }
-
-    /// The worker connection serving this response.
-    pub fn hold(&mut self, lease: Lease) {
-        self.lease = Some(lease);
-    }
-
-    /// Drops the connection's handle without returning it: after an upgrade
-    /// the socket belongs to the WebSocket relay, and the handle's request
-    /// channel (a few KiB) would otherwise live as long as the session.
-    pub fn release_connection(&mut self) {
-        self.lease = None;
-    }
-}
-
-/// The response body has ended: the worker slot is released and the
-/// connection can serve another request.
-fn finish(guard: &mut Option<InFlight>) {
-    if let Some(lease) = guard.take().and_then(|mut g| g.lease.take()) {
-        lease.done();
-    }
-}
-
-impl Drop for InFlight {
+impl Drop for Held {
     fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::Relaxed);
         if let Some(s) = &self.stall {
             s.polled();
         }
     }
 }
 
+/// The response body has ended: the worker slot is released and the
+/// connection can serve another request.
+fn finish(guard: &mut Option<Held>) {
+    if let Some(lease) = guard.take().and_then(|mut g| g.in_flight.take_lease()) {
+        lease.done();
+    }
+}
+
+/// The worker's response as the client gets it: hop-by-hop headers removed,
+/// body streamed.
+pub fn to_client(resp: Response<Incoming>, in_flight: InFlight) -> Response<GateBody> {
+    let (mut parts, body) = resp.into_parts();
+    forwarding::strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(parts, GateBody::upstream(body, in_flight))
+}
+
 pin_project_lite::pin_project! {
     /// A response body: the worker's stream, or a body the gate made itself.
     #[project = GateBodyProj]
     pub enum GateBody {
-        Upstream { #[pin] body: Incoming, guard: Option<InFlight> },
+        Upstream { #[pin] body: Incoming, guard: Option<Held> },
         Full { #[pin] body: Full<Bytes> },
         /// A transformed stream (compressed, or buffered to decide).
         Boxed { #[pin] body: UnsyncBoxBody<Bytes, BoxError> },
@@ -227,22 +142,25 @@ impl GateBody {
         }
     }
 
-    pub fn upstream(body: Incoming, mut guard: InFlight) -> Self {
+    pub fn upstream(body: Incoming, in_flight: InFlight) -> Self {
         // An empty body (204, HEAD, Content-Length: 0) is never polled.
         if body.is_end_stream() {
-            let mut guard = Some(guard);
+            let mut guard = Some(Held {
+                in_flight,
+                stall: None,
+            });
             finish(&mut guard);
             return GateBody::Upstream { body, guard };
         }
         // Until hyper first polls it (an h2 stream may never get a window),
         // the client holds it up.
-        guard.stall = Stall::current();
-        if let Some(s) = &guard.stall {
+        let stall = Stall::current();
+        if let Some(s) = &stall {
             s.handed();
         }
         GateBody::Upstream {
             body,
-            guard: Some(guard),
+            guard: Some(Held { in_flight, stall }),
         }
     }
 }

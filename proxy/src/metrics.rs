@@ -11,8 +11,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::gate::Gate;
-
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
@@ -223,42 +221,14 @@ pub fn method_label(m: &Method) -> &'static str {
     }
 }
 
-/// Text exposition format, with the gauges read from the gate just now.
-pub fn render(gate: &Gate) -> Vec<u8> {
-    let Some(m) = get() else {
-        return Vec::new();
-    };
-    for up in &gate.upstreams {
-        let (busy, idle, waiting) = up.pool_state();
-        m.pool_connections
-            .with_label_values(&[up.name.as_str(), "busy"])
-            .set(busy as i64);
-        m.pool_connections
-            .with_label_values(&[up.name.as_str(), "idle"])
-            .set(idle as i64);
-        m.pool_connections
-            .with_label_values(&[up.name.as_str(), "waiting"])
-            .set(waiting as i64);
+impl Metrics {
+    /// Every metric in the text exposition format (the gauges are set by the
+    /// caller first: `admin::render_metrics`).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
     }
-    m.revocations.set(gate.revocations.list.len() as i64);
-    m.revocation_outbox.set(
-        gate.revocations
-            .shared
-            .as_ref()
-            .map_or(0, |s| s.outbox_len() as i64),
-    );
-    for l in &gate.rate_limits {
-        m.rate_limit_keys
-            .with_label_values(&[l.name()])
-            .set(l.len() as i64);
-    }
-    m.websockets_open.set(
-        gate.websockets_open
-            .load(std::sync::atomic::Ordering::Relaxed) as i64,
-    );
-    let mut out = Vec::new();
-    let _ = TextEncoder::new().encode(&m.registry.gather(), &mut out);
-    out
 }
 
 /// `asgi_gate_client_cutoffs_total{reason}`: `request_body`, `response_body`,

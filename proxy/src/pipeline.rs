@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use asgi_gate_filters::jwt::{self, AuthError, Claims, TokenLocation};
-use asgi_gate_filters::limits::{self, LimitError};
+use asgi_gate_filters::limits;
 use asgi_gate_filters::ratelimit::{self, ClaimValue, RateLimit};
 use asgi_gate_filters::{
     cors, forwarding, header_names, hosts, path, request_id, security_headers,
@@ -19,14 +19,15 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
 use crate::accesslog::{LoggedBody, RequestLog};
-use crate::auth::{self, AuthSlot};
-use crate::body::{GateBody, InFlight, RequestBody};
-use crate::compress;
+use crate::body::{to_client, GateBody};
+use crate::cluster::SharedLimits;
+use crate::gate::router::{RouteEntry, Target};
 use crate::gate::Gate;
 use crate::reject::{self, Reject};
-use crate::router::RouteEntry;
-use crate::shared::SharedLimits;
-use crate::websocket;
+use crate::steps::auth::AuthSlot;
+use crate::steps::compress;
+use crate::steps::websocket;
+use crate::upstream::RequestBody;
 
 /// What the gate knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -102,9 +103,8 @@ async fn process(
         req.uri(),
         req.headers(),
         gate.limits.max_header_bytes,
-    )
-    .map_err(limit_reject)?;
-    limits::check_content_length(req.headers(), gate.limits.max_body).map_err(limit_reject)?;
+    )?;
+    limits::check_content_length(req.headers(), gate.limits.max_body)?;
     let is_websocket = websocket::is_upgrade(&req);
     forwarding::strip_hop_by_hop(req.headers_mut(), is_websocket);
     header_names::strip_impostors(req.headers_mut(), &gate.owned_headers, gate.underscores);
@@ -219,28 +219,30 @@ async fn process(
 
     // 6. A static route's file, or the worker's answer over a pooled
     //    connection, streamed back.
-    let mut resp = match &route.static_files {
-        Some(files) => {
+    let mut resp = match &route.target {
+        Target::Static(files) => {
             // Boxed, as the other rare paths: the request's future is moved
             // a few times on its way, so it is kept to what most requests need.
             Box::pin(files.serve(&parts.method, parts.uri.path(), &parts.headers)).await?
         }
-        None => {
+        Target::Upstream(index) => {
             let req = Request::from_parts(
                 parts,
                 RequestBody::new(body, gate.limits.max_body, gate.limits.body_timeout),
             );
-            let upstream = gate
-                .upstreams
-                .get(route.upstream)
-                .ok_or(Reject::BadGateway)?;
-            let (resp, in_flight, socket) = upstream.send(req).await?;
-            log.socket = Some(socket);
+            let upstream = gate.upstreams.get(*index).ok_or(Reject::BadGateway)?;
+            let sent = upstream.send(req).await?;
+            log.socket = Some(sent.socket);
             match on_upgrade {
-                Some(client_side) => {
-                    websocket::relay(gate, route.websocket.clone(), resp, in_flight, client_side)?
-                }
-                None => to_client(resp, in_flight),
+                Some(client_side) => websocket::relay(
+                    &gate.websockets_open,
+                    gate.limits.websocket_idle_timeout,
+                    route.websocket.clone(),
+                    sent.response,
+                    sent.in_flight,
+                    client_side,
+                )?,
+                None => to_client(sent.response, sent.in_flight),
             }
         }
     };
@@ -284,7 +286,7 @@ async fn authenticate(
     // headers there, and elsewhere it would leak tokens into logs.
     let token = jwt::extract_token(req.headers(), req.uri().query(), is_websocket)?
         .ok_or(AuthError::Missing)?;
-    let now = auth::unix_now();
+    let now = crate::clock::unix_now();
     let claims = policy.verify(&token.token, now).inspect_err(|e| {
         if e.wants_key_refresh() {
             slot.key_missing();
@@ -423,14 +425,6 @@ async fn shared_rate_limit(
     Ok(())
 }
 
-/// The worker's response as the client gets it: hop-by-hop headers removed,
-/// body streamed.
-pub fn to_client(resp: Response<Incoming>, in_flight: InFlight) -> Response<GateBody> {
-    let (mut parts, body) = resp.into_parts();
-    forwarding::strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, GateBody::upstream(body, in_flight))
-}
-
 /// `https_redirect: true` on a plain listener: 308 to the same URL on https.
 fn redirect_to_https(
     uri: &Uri,
@@ -460,14 +454,6 @@ fn redirect_to_https(
     *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
     resp.headers_mut().insert(header::LOCATION, location);
     Ok(resp)
-}
-
-fn limit_reject(e: LimitError) -> Reject {
-    match e {
-        LimitError::HeadersTooLarge { .. } => Reject::HeadersTooLarge,
-        LimitError::BodyTooLarge { .. } => Reject::PayloadTooLarge,
-        LimitError::BadContentLength => Reject::BadRequest("invalid Content-Length"),
-    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,14 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 use asgi_gate_filters::jwt::{self, AuthError};
+use asgi_gate_filters::limits::LimitError;
 
 use crate::body::GateBody;
+use crate::gate::router::NoRoute;
+use crate::steps::compress::CompressError;
+use crate::steps::static_files::NotServed;
+use crate::steps::websocket::ExtensionAgreed;
+use crate::upstream::UpstreamError;
 
 /// Every way the gate answers a request itself instead of the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,9 +41,72 @@ pub enum Reject {
     GatewayTimeout,
 }
 
+// What each module's own error means for the client. Only here does an
+// error become a status.
+
 impl From<AuthError> for Reject {
     fn from(e: AuthError) -> Self {
         Reject::Auth(e)
+    }
+}
+
+impl From<LimitError> for Reject {
+    fn from(e: LimitError) -> Self {
+        match e {
+            LimitError::HeadersTooLarge { .. } => Reject::HeadersTooLarge,
+            LimitError::BodyTooLarge { .. } => Reject::PayloadTooLarge,
+            LimitError::BadContentLength => Reject::BadRequest("invalid Content-Length"),
+        }
+    }
+}
+
+impl From<NoRoute> for Reject {
+    fn from(e: NoRoute) -> Self {
+        match e {
+            NoRoute::NotFound => Reject::NotFound,
+            NoRoute::MethodNotAllowed(allow) => Reject::MethodNotAllowed(allow),
+        }
+    }
+}
+
+impl From<NotServed> for Reject {
+    fn from(e: NotServed) -> Self {
+        match e {
+            NotServed::NotFound => Reject::NotFound,
+            NotServed::MethodNotAllowed => {
+                Reject::MethodNotAllowed(HeaderValue::from_static("GET, HEAD"))
+            }
+        }
+    }
+}
+
+impl From<UpstreamError> for Reject {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::NoWorker | UpstreamError::Unreachable | UpstreamError::Failed => {
+                Reject::BadGateway
+            }
+            // Busy, but answering: retry later.
+            UpstreamError::Busy => Reject::ServiceUnavailable,
+            UpstreamError::TimedOut => Reject::GatewayTimeout,
+            UpstreamError::BodyTooLarge => Reject::PayloadTooLarge,
+            UpstreamError::BodyCutOff => {
+                Reject::BadRequest("the request body was cut off or malformed")
+            }
+            UpstreamError::BodyTimedOut => Reject::RequestTimeout,
+        }
+    }
+}
+
+impl From<CompressError> for Reject {
+    fn from(_: CompressError) -> Self {
+        Reject::BadGateway
+    }
+}
+
+impl From<ExtensionAgreed> for Reject {
+    fn from(_: ExtensionAgreed) -> Self {
+        Reject::BadGateway
     }
 }
 

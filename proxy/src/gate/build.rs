@@ -1,75 +1,22 @@
-//! The gate's runtime state built from a checked config: router, upstreams,
-//! rate limits, JWT policies, revocation list. Shared read-only by every
-//! connection (the parts that change — JWKS keys, revocations, buckets —
-//! change behind their own locks).
+//! How a [`Gate`] is built from a checked config: each route's names
+//! resolved into the parts the pipeline uses, and what survives a reload
+//! (buckets, pools, the revocation list) lent by the previous gate.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use std::path::PathBuf;
-use std::sync::RwLock;
-
-use asgi_gate_config::{
-    Config, ConfigErrors, Cors, Limits, LoadOptions, RateKey, Route, RouteCors, RouteTarget,
-};
-use asgi_gate_filters::ratelimit::{KeyKind, LimitParams, RateLimit, RateLimitError};
+use asgi_gate_config::{Config, Cors, RateKey, Route, RouteCors, RouteTarget};
+use asgi_gate_filters::ratelimit::{KeyKind, LimitParams, RateLimit};
 use asgi_gate_filters::{cors, forwarding, header_names, path, request_id, security_headers};
 use http::{HeaderName, HeaderValue};
-use hyper_util::server::conn::auto;
-use ipnet::IpNet;
 
-use crate::auth::{self, AuthSetupError, AuthSlot, Revocations};
-use crate::router::{RouteEntry, Router, RouterError};
-use crate::shared::SharedLimits;
-use crate::static_files::StaticRoute;
+use crate::cluster::SharedLimits;
+use crate::gate::router::{RouteEntry, Router, RouterError, Target};
+use crate::steps::auth::{self, AuthSlot, Revocations};
+use crate::steps::static_files::StaticRoute;
 use crate::upstream::Upstream;
 
-pub struct Gate {
-    pub router: Router,
-    pub upstreams: Vec<Arc<Upstream>>,
-    /// Named rate limits; routes naming the same limit share its buckets.
-    pub rate_limits: Vec<Arc<RateLimit>>,
-    pub auth: Vec<Arc<AuthSlot>>,
-    /// Every header any policy forwards a claim in: removed from every
-    /// client request, on every route, so identity cannot be forged.
-    pub claim_headers: Vec<HeaderName>,
-    /// Names the gate sets or decides on; a client's spelling of one with
-    /// `_` for `-` is removed (Django and CGI servers fold the two).
-    pub owned_headers: Vec<HeaderName>,
-    pub underscores: header_names::Underscores,
-    pub encoded_slash: path::EncodedSlash,
-    pub revocations: Arc<Revocations>,
-    pub trusted_proxies: Vec<IpNet>,
-    pub limits: Limits,
-    /// `None` = any host.
-    pub allowed_hosts: Option<Vec<String>>,
-    /// `https_redirect: true`: the port plain-HTTP requests are sent to.
-    pub https_redirect: Option<u16>,
-    pub security_headers: Option<security_headers::Policy>,
-    /// For `shared: true` limits (`revocation.redis` is then set).
-    pub shared_limits: Option<Arc<SharedLimits>>,
-    /// WebSocket sessions currently relayed.
-    pub websockets_open: Arc<AtomicUsize>,
-    /// hyper's settings from `limits`, for connections accepted from now on.
-    pub conn: auto::Builder<crate::watch::GateExec>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum GateError {
-    #[error("{0}")]
-    Router(#[from] RouterError),
-    #[error("rate limit `{name}`: {source}")]
-    RateLimit {
-        name: String,
-        source: RateLimitError,
-    },
-    #[error("{0}")]
-    Auth(#[from] AuthSetupError),
-    #[error("security_headers.{0}: not a valid header value")]
-    HeaderValue(&'static str),
-    #[error("{0}")]
-    Shared(crate::shared::SharedError),
-}
+use super::{Gate, GateError};
 
 fn cors_policy(c: &Cors) -> cors::Policy {
     cors::Policy::new(
@@ -230,13 +177,7 @@ impl Gate {
             websockets_open: previous
                 .map(|p| p.websockets_open.clone())
                 .unwrap_or_else(|| Arc::new(AtomicUsize::new(0))),
-            conn: crate::server::connection_builder(&cfg.limits),
         })
-    }
-
-    /// Ready: every upstream has at least one worker answering.
-    pub fn is_ready(&self) -> bool {
-        self.upstreams.iter().all(|u| u.any_healthy())
     }
 }
 
@@ -264,7 +205,7 @@ fn owned_headers(cfg: &Config, claim_headers: &[HeaderName]) -> Vec<HeaderName> 
 
 /// The largest leeway of all policies: what a bare `{jti, exp}` revocation
 /// adds, so it lasts as long as any policy could accept the token.
-fn max_leeway(auth: &[Arc<AuthSlot>]) -> u64 {
+pub(super) fn max_leeway(auth: &[Arc<AuthSlot>]) -> u64 {
     auth.iter()
         .map(|s| s.current().leeway_secs())
         .max()
@@ -285,18 +226,14 @@ fn route_entry(
         kind,
         name: name.to_string(),
     };
-    let (upstream, static_files) = match &route.target {
-        RouteTarget::Upstream(name) => (
+    let target = match &route.target {
+        RouteTarget::Upstream(name) => Target::Upstream(
             upstreams
                 .iter()
                 .position(|u| u.name == *name)
                 .ok_or_else(|| unknown("upstream", name))?,
-            None,
         ),
-        RouteTarget::Static(dir) => (
-            usize::MAX,
-            Some(Arc::new(StaticRoute::new(&route.path, dir)?)),
-        ),
+        RouteTarget::Static(dir) => Target::Static(Arc::new(StaticRoute::new(&route.path, dir)?)),
     };
     let mut limits_before_auth = Vec::new();
     let mut limits_after_auth = Vec::new();
@@ -322,16 +259,15 @@ fn route_entry(
     };
     Ok(RouteEntry {
         conf: route.clone(),
-        upstream,
+        target,
         limits_before_auth,
         limits_after_auth,
         auth,
-        compression: crate::compress::route_policy(cfg.compression.as_ref(), route),
-        static_files,
+        compression: crate::steps::compress::route_policy(cfg.compression.as_ref(), route),
         websocket: route
             .websocket
             .as_ref()
-            .and_then(crate::websocket::Limits::new)
+            .and_then(crate::steps::websocket::Limits::new)
             .map(Arc::new),
         cors: match &route.cors {
             RouteCors::Inherit => global_cors.cloned(),
@@ -341,109 +277,4 @@ fn route_entry(
         duration: crate::metrics::get().map(|m| m.duration.with_label_values(&[&route.path])),
         requests: Default::default(),
     })
-}
-
-/// The gate currently serving, swapped whole on reload: each request takes
-/// the current one when it starts and finishes on it.
-pub struct Shared {
-    current: RwLock<Arc<Gate>>,
-    /// Settings only a restart applies, as the gate started with them.
-    started: Config,
-    path: Option<PathBuf>,
-    opts: LoadOptions,
-    /// Applied to every reloaded config (supervisor mode fills in sockets).
-    adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
-    /// TLS listeners' certificates, re-read on every reload.
-    certs: Vec<Arc<crate::tls::Tls>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("no config file to reload (built-in config)")]
-    NoFile,
-    #[error("{0}")]
-    Invalid(ConfigErrors),
-    #[error("{0}")]
-    Build(#[from] GateError),
-}
-
-impl Shared {
-    pub fn new(
-        gate: Gate,
-        started: Config,
-        path: Option<PathBuf>,
-        opts: LoadOptions,
-        adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
-        certs: Vec<Arc<crate::tls::Tls>>,
-    ) -> Shared {
-        Shared {
-            current: RwLock::new(Arc::new(gate)),
-            started,
-            path,
-            opts,
-            adjust,
-            certs,
-        }
-    }
-
-    pub fn current(&self) -> Arc<Gate> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Re-reads the config file. Valid: routes, policies, limits, upstreams
-    /// and compression swap at once for new requests; the returned notes
-    /// name changes that need a restart (not applied). Invalid: nothing
-    /// changes and every error comes back with its position.
-    pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
-        let result = self.try_reload().await;
-        if let Some(m) = crate::metrics::get() {
-            let label = if result.is_ok() { "ok" } else { "failed" };
-            m.reloads.with_label_values(&[label]).inc();
-        }
-        result
-    }
-
-    async fn try_reload(&self) -> Result<Vec<String>, ReloadError> {
-        let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
-        let mut cfg = asgi_gate_config::load(path, self.opts).map_err(ReloadError::Invalid)?;
-        (self.adjust)(&mut cfg);
-        let mut notes = Vec::new();
-        let old = &self.started;
-        if cfg.listen != old.listen {
-            notes.push("`listen` changed: restart to apply".to_string());
-        }
-        if cfg.admin.address != old.admin.address {
-            notes.push("`admin.address` changed: restart to apply".to_string());
-        }
-        if cfg.threads != old.threads {
-            notes.push("`threads` changed: restart to apply".to_string());
-        }
-        if cfg.revocation != old.revocation {
-            notes.push("`revocation` changed: restart to apply".to_string());
-        }
-        if cfg.limits.header_timeout != old.limits.header_timeout
-            || cfg.limits.max_header_bytes != old.limits.max_header_bytes
-        {
-            notes.push(
-                "`limits.header_timeout`/`max_header_bytes` apply to new connections only"
-                    .to_string(),
-            );
-        }
-        let previous = self.current();
-        let gate = Gate::build(&cfg, Some(&previous)).await?;
-        // While old and new policies both serve, the larger of their leeways.
-        let (rev, leeway) = (gate.revocations.clone(), max_leeway(&gate.auth));
-        rev.set_max_leeway(leeway.max(rev.max_leeway()));
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gate);
-        rev.set_max_leeway(leeway);
-        for cert in &self.certs {
-            if let Err(e) = cert.reload() {
-                notes.push(format!("{e}; the previous certificate keeps serving"));
-            }
-        }
-        Ok(notes)
-    }
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use asgi_gate_config::{AuthPolicy, KeySource as ConfKeySource, Revocation};
 use asgi_gate_filters::jwt::{JwtAlgorithm, JwtPolicy, KeySource, PolicyError, PolicyParams};
@@ -19,13 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Notify;
 
-/// Seconds since the Unix epoch: the clock every token check uses.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::clock::unix_now;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
@@ -47,7 +41,7 @@ pub enum AuthSetupError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Shared(crate::shared::SharedError),
+    Shared(crate::cluster::SharedError),
 }
 
 /// One named policy. Its key set can be swapped by the JWKS refresher.
@@ -244,7 +238,7 @@ pub struct Revocations {
     log: Option<Mutex<RevocationLog>>,
     max_leeway: AtomicU64,
     /// `revocation.redis`: shared with the other gates.
-    pub shared: Option<Arc<crate::shared::SharedRevocations>>,
+    pub shared: Option<Arc<crate::cluster::SharedRevocations>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +271,7 @@ impl Revocations {
         let shared = match conf.and_then(|c| c.redis.as_deref()) {
             None => None,
             Some(url) => Some(Arc::new(
-                crate::shared::SharedRevocations::new(url).map_err(AuthSetupError::Shared)?,
+                crate::cluster::SharedRevocations::new(url).map_err(AuthSetupError::Shared)?,
             )),
         };
         Ok(Revocations {
@@ -389,6 +383,20 @@ impl Revocations {
                 tracing::warn!(error = %e, "revocation log compaction failed; will retry");
             }
         }
+    }
+}
+
+impl crate::cluster::LocalList for Revocations {
+    fn apply_shared(&self, entries: &[(KeyHash, u64)]) -> usize {
+        Revocations::apply_shared(self, entries)
+    }
+
+    fn remove_shared(&self, key: KeyHash) {
+        Revocations::remove_shared(self, key)
+    }
+
+    fn snapshot(&self, now: u64) -> Vec<(KeyHash, u64)> {
+        self.list.snapshot(now)
     }
 }
 

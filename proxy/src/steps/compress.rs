@@ -9,7 +9,6 @@ use asgi_gate_filters::compression::{self, Coding, CompressedBody, Decision, Lev
 use http::{HeaderMap, Method, Response};
 
 use crate::body::GateBody;
-use crate::reject::Reject;
 
 fn coding(c: ConfCoding) -> Coding {
     match c {
@@ -52,6 +51,16 @@ pub fn negotiate(policy: &Policy, req_headers: &mut HeaderMap) -> Option<Coding>
     accepted
 }
 
+/// Why a response could not be compressed (`reject.rs`: 502; the cause
+/// is logged here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressError {
+    /// The worker's body failed before its first bytes.
+    WorkerBody,
+    /// The encoder could not start.
+    Encoder,
+}
+
 /// Response side: compress when the decision says so, else leave the body
 /// alone (adding `Vary` when it could have been compressed).
 pub async fn respond(
@@ -59,7 +68,7 @@ pub async fn respond(
     method: &Method,
     accepted: Option<Coding>,
     resp: Response<GateBody>,
-) -> Result<Response<GateBody>, Reject> {
+) -> Result<Response<GateBody>, CompressError> {
     let decision =
         compression::should_compress(policy, method, accepted, resp.status(), resp.headers());
     let (mut parts, body) = resp.into_parts();
@@ -71,7 +80,7 @@ pub async fn respond(
                 .await
                 .map_err(|e| {
                     tracing::debug!(error = %e, "worker response failed before its first bytes");
-                    Reject::BadGateway
+                    CompressError::WorkerBody
                 })?;
             if head.is_small(policy.min_size) {
                 compression::add_vary(&mut parts.headers);
@@ -94,7 +103,7 @@ fn encode<B>(
     c: Coding,
     headers: &mut HeaderMap,
     body: B,
-) -> Result<GateBody, Reject>
+) -> Result<GateBody, CompressError>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<crate::body::BoxError>,
@@ -102,7 +111,7 @@ where
     let flush = compression::is_event_stream(headers);
     let encoder = CompressedBody::new(body, c, &policy.levels, flush).map_err(|e| {
         tracing::warn!(error = %e, coding = c.as_str(), "cannot start the encoder");
-        Reject::BadGateway
+        CompressError::Encoder
     })?;
     compression::apply_headers(headers, c);
     Ok(GateBody::boxed(encoder))

@@ -29,7 +29,6 @@ use rustix::io::Errno;
 use tokio::io::AsyncRead;
 
 use crate::body::{BoxError, GateBody};
-use crate::reject::Reject;
 
 const READ: usize = 64 * 1024;
 
@@ -58,6 +57,15 @@ struct Root {
 
 /// Set on the first ENOSYS (kernels before 5.6, some seccomp profiles).
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Why a static route serves no file (`reject.rs` answers 404 or 405).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotServed {
+    /// No readable regular file there, or a hidden one.
+    NotFound,
+    /// Only GET and HEAD are served.
+    MethodNotAllowed,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaticError {
@@ -113,14 +121,12 @@ impl StaticRoute {
         method: &Method,
         path: &str,
         req: &HeaderMap,
-    ) -> Result<Response<GateBody>, Reject> {
+    ) -> Result<Response<GateBody>, NotServed> {
         if method != Method::GET && method != Method::HEAD {
-            return Err(Reject::MethodNotAllowed(HeaderValue::from_static(
-                "GET, HEAD",
-            )));
+            return Err(NotServed::MethodNotAllowed);
         }
         let tail = path.strip_prefix(&self.prefix).unwrap_or("");
-        let file = self.find(tail).await.ok_or(Reject::NotFound)?;
+        let file = self.find(tail).await.ok_or(NotServed::NotFound)?;
         let meta = &file.meta;
         let validators = Validators::new(meta.len(), meta.modified().ok());
         let mut resp = Response::new(GateBody::empty());
@@ -408,10 +414,10 @@ mod tests {
             "/s/link.txt",
         ] {
             let e = r.serve(&Method::GET, missing, &none).await.err();
-            assert_eq!(e, Some(Reject::NotFound), "{missing}");
+            assert_eq!(e, Some(NotServed::NotFound), "{missing}");
         }
         let e = r.serve(&Method::POST, "/s/app.js", &none).await.err();
-        assert!(matches!(e, Some(Reject::MethodNotAllowed(_))));
+        assert!(matches!(e, Some(NotServed::MethodNotAllowed)));
     }
 
     #[tokio::test]
@@ -427,7 +433,7 @@ mod tests {
         let r = StaticRoute::new("/s/{*p}", &c).unwrap();
         for hidden in ["/s/.env", "/s/.git/config", "/s/%2eenv"] {
             let e = r.serve(&Method::GET, hidden, &none).await.err();
-            assert_eq!(e, Some(Reject::NotFound), "{hidden}");
+            assert_eq!(e, Some(NotServed::NotFound), "{hidden}");
         }
         let wk = r.serve(&Method::GET, "/s/.well-known/security.txt", &none);
         assert_eq!(body_of(wk.await.unwrap()).await, "Contact: x");

@@ -23,10 +23,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use crate::body::{GateBody, InFlight};
-use crate::gate::Gate;
-use crate::pipeline::to_client;
-use crate::reject::Reject;
+use crate::body::{to_client, GateBody};
+use crate::upstream::InFlight;
 
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
@@ -165,15 +163,17 @@ pub fn remove_extension_offers(headers: &mut HeaderMap) {
 
 /// Given the worker's answer to a handshake: on 101, relay in the
 /// background and answer the client 101; anything else goes back as is.
-/// With limits, a 101 that agrees to an extension anyway is a 502: its
-/// frames could not be counted.
+/// With limits, a 101 that agrees to an extension anyway is refused: its
+/// frames could not be counted. `sessions` counts the sessions relayed;
+/// `idle` ends one without a byte either way (unless its limits set their own).
 pub fn relay(
-    gate: &Gate,
+    sessions: &Arc<AtomicUsize>,
+    idle: Duration,
     limits: Option<Arc<Limits>>,
     mut resp: Response<Incoming>,
     in_flight: InFlight,
     client_side: OnUpgrade,
-) -> Result<Response<GateBody>, Reject> {
+) -> Result<Response<GateBody>, ExtensionAgreed> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(to_client(resp, in_flight));
     }
@@ -184,14 +184,13 @@ pub fn relay(
     {
         // Dropping the response and its lease closes the worker's socket.
         tracing::debug!("worker agreed to a websocket extension that was not offered");
-        return Err(Reject::BadGateway);
+        return Err(ExtensionAgreed);
     }
     let worker_side = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
     forwarding::strip_hop_by_hop(&mut parts.headers, true);
-    gate.websockets_open.fetch_add(1, Ordering::Relaxed);
-    let session = OpenSession(gate.websockets_open.clone());
-    let idle = gate.limits.websocket_idle_timeout;
+    sessions.fetch_add(1, Ordering::Relaxed);
+    let session = OpenSession(sessions.clone());
     tokio::spawn(async move {
         let _session = session;
         let mut in_flight = in_flight;
@@ -209,6 +208,11 @@ pub fn relay(
     });
     Ok(Response::from_parts(parts, GateBody::empty()))
 }
+
+/// The worker agreed to a WebSocket extension on a route with limits,
+/// where none was offered (`reject.rs`: 502).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtensionAgreed;
 
 /// A route's `websocket:` limits.
 #[derive(Debug)]

@@ -18,50 +18,18 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use crate::body::Stall;
+
 thread_local! {
-    /// The stall slot of the watched task being polled.
-    static STALL: Cell<Option<Arc<Stall>>> = const { Cell::new(None) };
     /// The connection being polled, for the h2 streams it spawns.
     static CONN: Cell<Option<Arc<ConnActivity>>> = const { Cell::new(None) };
-}
-
-/// Bit 0: the body handed hyper a frame and waits to be polled again. The
-/// other bits count polls, so the watcher tells a new wait from an old one.
-#[derive(Default)]
-pub struct Stall(AtomicU32);
-
-impl Stall {
-    /// The slot of the watched task being polled (none outside one).
-    pub fn current() -> Option<Arc<Stall>> {
-        STALL.with(|c| {
-            let s = c.take();
-            let r = s.clone();
-            c.set(s);
-            r
-        })
-    }
-
-    /// hyper polled the body: whatever it had was taken.
-    #[inline]
-    pub fn polled(&self) {
-        let v = self.0.load(Relaxed);
-        self.0.store((v | 1).wrapping_add(1), Relaxed);
-    }
-
-    /// The body gave hyper bytes (or was just made): until the next poll,
-    /// the client is what holds it up.
-    #[inline]
-    pub fn handed(&self) {
-        let v = self.0.load(Relaxed);
-        self.0.store(v | 1, Relaxed);
-    }
 }
 
 /// What the connection's wrapper knows about its requests.
@@ -118,9 +86,9 @@ impl StallWatch {
 
     /// Polls `f` with this task's slot visible to the bodies made in it.
     fn scope<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let prev = STALL.with(|c| c.replace(self.slot.take()));
+        let prev = Stall::enter(self.slot.take());
         let r = f();
-        self.slot = STALL.with(|c| c.replace(prev));
+        self.slot = Stall::enter(prev);
         r
     }
 
@@ -130,7 +98,7 @@ impl StallWatch {
         let Some(slot) = &self.slot else {
             return false;
         };
-        let v = slot.0.load(Relaxed);
+        let v = slot.state();
         if v & 1 == 0 {
             self.seen = v;
             return false;

@@ -8,16 +8,33 @@ use asgi_gate_config::Route;
 use asgi_gate_filters::compression::Policy as CompressionPolicy;
 use asgi_gate_filters::ratelimit::RateLimit;
 
-use crate::auth::AuthSlot;
 use http::{HeaderValue, Method};
 
-use crate::reject::Reject;
+use crate::steps::auth::AuthSlot;
+use crate::steps::static_files::StaticRoute;
+
+/// Where a route sends its requests.
+pub enum Target {
+    /// The upstream at this index in the gate's upstream list.
+    Upstream(usize),
+    /// A static route's directory.
+    Static(Arc<StaticRoute>),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Upstream(i) => f.debug_tuple("Upstream").field(i).finish(),
+            Target::Static(_) => f.write_str("Static"),
+        }
+    }
+}
 
 /// A route as the pipeline uses it.
 pub struct RouteEntry {
     pub conf: Route,
-    /// Index into the gate's upstream list.
-    pub upstream: usize,
+    /// Where the request goes: a worker, or a static route's files.
+    pub target: Target,
     /// Limits keyed by client IP or header: checked before the JWT, so
     /// floods of bad tokens are limited too.
     pub limits_before_auth: Vec<Arc<RateLimit>>,
@@ -26,10 +43,8 @@ pub struct RouteEntry {
     pub auth: Option<Arc<AuthSlot>>,
     /// `None` when this route does not compress.
     pub compression: Option<Arc<CompressionPolicy>>,
-    /// A static route's directory (then `upstream` is unused).
-    pub static_files: Option<Arc<crate::static_files::StaticRoute>>,
     /// The route's `websocket:` limits, if it sets any.
-    pub websocket: Option<Arc<crate::websocket::Limits>>,
+    pub websocket: Option<Arc<crate::steps::websocket::Limits>>,
     /// `None` when the gate does not do CORS on this route.
     pub cors: Option<Arc<asgi_gate_filters::cors::Policy>>,
     /// This route's duration histogram, resolved once (label lookups hash).
@@ -41,7 +56,7 @@ impl std::fmt::Debug for RouteEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteEntry")
             .field("path", &self.conf.path)
-            .field("upstream", &self.upstream)
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
@@ -59,6 +74,15 @@ pub struct Router {
     groups: Vec<Group>,
 }
 
+/// Why no route takes a request (`reject.rs` answers 404 or 405).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoute {
+    /// No pattern matches the path.
+    NotFound,
+    /// The path matches, not the method: the `Allow` header value.
+    MethodNotAllowed(HeaderValue),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
     #[error("route {path}: {source}")]
@@ -73,7 +97,7 @@ pub enum RouterError {
         name: String,
     },
     #[error("{0}")]
-    Static(#[from] crate::static_files::StaticError),
+    Static(#[from] crate::steps::static_files::StaticError),
 }
 
 fn allows(route: &Route, method: &Method) -> bool {
@@ -150,15 +174,15 @@ impl Router {
         Ok(Router { inner, groups })
     }
 
-    /// The route for this path and method, or the rejection (404/405).
-    pub fn find(&self, path: &str, method: &Method) -> Result<&Arc<RouteEntry>, Reject> {
-        let m = self.inner.at(path).map_err(|_| Reject::NotFound)?;
-        let group = self.groups.get(*m.value).ok_or(Reject::NotFound)?;
+    /// The route for this path and method, or why there is none.
+    pub fn find(&self, path: &str, method: &Method) -> Result<&Arc<RouteEntry>, NoRoute> {
+        let m = self.inner.at(path).map_err(|_| NoRoute::NotFound)?;
+        let group = self.groups.get(*m.value).ok_or(NoRoute::NotFound)?;
         group
             .routes
             .iter()
             .find(|r| allows(&r.conf, method))
-            .ok_or_else(|| Reject::MethodNotAllowed(group.allow.clone()))
+            .ok_or_else(|| NoRoute::MethodNotAllowed(group.allow.clone()))
     }
 }
 
@@ -182,6 +206,13 @@ mod tests {
         }
     }
 
+    fn upstream(e: &RouteEntry) -> Option<usize> {
+        match e.target {
+            Target::Upstream(i) => Some(i),
+            Target::Static(_) => None,
+        }
+    }
+
     /// Upstream `a` is slot 0, `b` slot 1; anything else is unknown.
     fn entry(route: &Route) -> Result<RouteEntry, RouterError> {
         let upstream = match &route.target {
@@ -197,12 +228,11 @@ mod tests {
         };
         Ok(RouteEntry {
             conf: route.clone(),
-            upstream,
+            target: Target::Upstream(upstream),
             limits_before_auth: vec![],
             limits_after_auth: vec![],
             auth: None,
             compression: None,
-            static_files: None,
             websocket: None,
             cors: None,
             duration: None,
@@ -221,11 +251,14 @@ mod tests {
             entry,
         )
         .unwrap();
-        assert_eq!(r.find("/api/x", &Method::GET).unwrap().upstream, 1);
-        assert_eq!(r.find("/api/health", &Method::GET).unwrap().upstream, 0);
-        assert_eq!(r.find("/other", &Method::GET).unwrap().upstream, 0);
-        assert_eq!(r.find("/", &Method::GET).unwrap().upstream, 0);
-        assert_eq!(r.find("/api/", &Method::GET).unwrap().upstream, 1);
+        assert_eq!(upstream(r.find("/api/x", &Method::GET).unwrap()), Some(1));
+        assert_eq!(
+            upstream(r.find("/api/health", &Method::GET).unwrap()),
+            Some(0)
+        );
+        assert_eq!(upstream(r.find("/other", &Method::GET).unwrap()), Some(0));
+        assert_eq!(upstream(r.find("/", &Method::GET).unwrap()), Some(0));
+        assert_eq!(upstream(r.find("/api/", &Method::GET).unwrap()), Some(1));
     }
 
     #[test]
@@ -238,14 +271,17 @@ mod tests {
             entry,
         )
         .unwrap();
-        assert_eq!(r.find("/items", &Method::GET).unwrap().upstream, 0);
-        assert_eq!(r.find("/items", &Method::HEAD).unwrap().upstream, 0);
-        assert_eq!(r.find("/items", &Method::POST).unwrap().upstream, 1);
+        assert_eq!(upstream(r.find("/items", &Method::GET).unwrap()), Some(0));
+        assert_eq!(upstream(r.find("/items", &Method::HEAD).unwrap()), Some(0));
+        assert_eq!(upstream(r.find("/items", &Method::POST).unwrap()), Some(1));
         match r.find("/items", &Method::PUT) {
-            Err(Reject::MethodNotAllowed(allow)) => assert_eq!(allow, "DELETE, GET, HEAD, POST"),
+            Err(NoRoute::MethodNotAllowed(allow)) => assert_eq!(allow, "DELETE, GET, HEAD, POST"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(r.find("/nope", &Method::GET).unwrap_err(), Reject::NotFound);
+        assert_eq!(
+            r.find("/nope", &Method::GET).unwrap_err(),
+            NoRoute::NotFound
+        );
     }
 
     #[test]
@@ -255,8 +291,8 @@ mod tests {
             entry,
         )
         .unwrap();
-        assert_eq!(r.find("/", &Method::GET).unwrap().upstream, 1);
-        assert_eq!(r.find("/x", &Method::GET).unwrap().upstream, 0);
+        assert_eq!(upstream(r.find("/", &Method::GET).unwrap()), Some(1));
+        assert_eq!(upstream(r.find("/x", &Method::GET).unwrap()), Some(0));
     }
 
     #[test]

@@ -41,7 +41,19 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::AsyncCommands;
 use tokio::sync::Notify;
 
-use crate::auth::{unix_now, Revocations};
+use crate::clock::unix_now;
+
+/// The gate's local revocation list, as the Redis feed sees it: the feed is
+/// handed the list (`follow`) and names nothing above this module.
+pub trait LocalList: Send + Sync + 'static {
+    /// Entries heard from Redis (announced or loaded); returns how many were
+    /// new or extended. Blocking.
+    fn apply_shared(&self, entries: &[(KeyHash, u64)]) -> usize;
+    /// A removal heard from Redis. Blocking.
+    fn remove_shared(&self, key: KeyHash);
+    /// Every live entry at `now`.
+    fn snapshot(&self, now: u64) -> Vec<(KeyHash, u64)>;
+}
 
 const KEY_PREFIX: &str = "asgi-gate:rev:";
 const CHANNEL: &str = "asgi-gate:rev";
@@ -160,7 +172,7 @@ impl SharedRevocations {
 
     /// Follows the channel for as long as `list` is in use; after a lost or
     /// silent link, the same again every second.
-    pub async fn follow(&self, list: Weak<Revocations>) {
+    pub async fn follow<L: LocalList>(&self, list: Weak<L>) {
         let mut warned = false;
         loop {
             if list.strong_count() == 0 {
@@ -188,9 +200,9 @@ impl SharedRevocations {
     /// Subscribe, send the outbox, load every live key, heal, then apply
     /// announcements, PINGing and re-reading as it goes. `Ok` only when
     /// the list is gone.
-    async fn follow_once(
+    async fn follow_once<L: LocalList>(
         &self,
-        list: &Weak<Revocations>,
+        list: &Weak<L>,
         followed: &mut bool,
     ) -> Result<(), SharedError> {
         let pubsub = within(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await?;
@@ -318,9 +330,9 @@ fn push(pipe: &mut redis::Pipeline, key: KeyHash, change: Pending) {
 
 /// Every live revocation in Redis into the local list (and its log);
 /// returns what Redis holds.
-async fn load(
+async fn load<L: LocalList>(
     conn: &mut MultiplexedConnection,
-    list: &Weak<Revocations>,
+    list: &Weak<L>,
 ) -> Result<HashMap<KeyHash, u64>, SharedError> {
     let keys: Vec<String> = {
         let mut iter = conn
@@ -352,16 +364,15 @@ async fn load(
 /// The union heal: our live entries that Redis lacks (or holds with an
 /// earlier expiry) written and announced. `NX`/`XX` so a concurrent
 /// change by another gate is not overwritten by this older view.
-async fn heal(
+async fn heal<L: LocalList>(
     conn: &mut MultiplexedConnection,
-    list: &Weak<Revocations>,
+    list: &Weak<L>,
     in_redis: &HashMap<KeyHash, u64>,
 ) -> Result<usize, SharedError> {
     let Some(rev) = list.upgrade() else {
         return Ok(0);
     };
     let missing: Vec<(KeyHash, u64, bool)> = rev
-        .list
         .snapshot(unix_now())
         .into_iter()
         .filter_map(|(k, exp)| match in_redis.get(&k) {
