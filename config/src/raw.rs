@@ -192,6 +192,7 @@ pub struct RawSecurityHeaders {
 pub struct RawLimits {
     pub max_body: Option<Size>,
     pub max_header_bytes: Option<Size>,
+    pub max_header_fields: Option<u64>,
     pub header_timeout: Option<Dur>,
     pub body_timeout: Option<Dur>,
     pub max_concurrent_streams: Option<u64>,

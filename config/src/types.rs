@@ -223,6 +223,8 @@ pub struct Limits {
     pub max_body: u64,
     /// default 16 KiB
     pub max_header_bytes: usize,
+    /// default 256: header fields hyper parses (over it: hyper's bare 431)
+    pub max_header_fields: usize,
     /// default 10s: total time to receive the request head (and the TLS
     /// handshake or h2 preface before it), and the longest wait for the next
     /// request on an idle connection

@@ -197,6 +197,15 @@ impl Ctx<'_> {
                 ),
             }
         }
+        if let Some(n) = raw.max_header_fields {
+            match usize::try_from(n) {
+                Ok(n) if (1..=8192).contains(&n) => l.max_header_fields = n,
+                _ => self.at_value(
+                    &p.key("max_header_fields"),
+                    "max_header_fields must be between 1 and 8192, e.g. 256",
+                ),
+            }
+        }
         if let Some(d) = self.positive(
             raw.header_timeout,
             &p.key("header_timeout"),

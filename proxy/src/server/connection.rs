@@ -22,14 +22,14 @@ pub fn head_hard_cap(max_header_bytes: usize) -> usize {
     max_header_bytes.saturating_mul(4).max(1024 * 1024)
 }
 
-/// hyper's h1 limit on header fields. hyper parses into a stack array of 100;
-/// any larger setting allocates that many slots (64 bytes each) on every
-/// parse, and past ~2k slots glibc returns the block to the kernel each time
-/// (measured: +50 ns per parse at 1024, +10 µs at 3000 and more). 1024
-/// covers every head within max_header_bytes up to 4 KiB (a field is at least
-/// `a:\r\n`); beyond that only heads of more than 1024 fields get hyper's
-/// bare 431.
-const MAX_HEADER_FIELDS: usize = 1024;
+/// hyper's h1 limit on header fields (`limits.max_header_fields`). hyper
+/// parses into a stack array of 100 when given none; any other setting fills
+/// an array of that many slots on every parse (callgrind, `benches/profile.sh`:
+/// about 10 instructions a slot, 10.5k per request at 1024), so 100 is passed
+/// as "none".
+fn header_fields(limits: &Limits) -> Option<usize> {
+    (limits.max_header_fields != 100).then_some(limits.max_header_fields)
+}
 
 /// h2 PING every this long on a connection with streams in flight; no
 /// answer within `H2_PING_TIMEOUT` closes it (a peer that vanished).
@@ -45,12 +45,14 @@ fn connection_builder(limits: &Limits) -> auto::Builder<GateExec> {
     // on big heads only. (It also bounds the response bytes queued for a slow
     // client, at most 16 body chunks.) The header timer also runs between
     // keep-alive requests: that is the idle close of an h1 connection.
-    b.http1()
-        .timer(TokioTimer::new())
+    let mut h1 = b.http1();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(cap)
-        .max_headers((limits.max_header_bytes / 4).clamp(100, MAX_HEADER_FIELDS))
         .keep_alive(true);
+    if let Some(n) = header_fields(limits) {
+        h1.max_headers(n);
+    }
     // h2 counts 32 bytes more per field (RFC 7541 §4.1), and a head within
     // max_header_bytes has at most max_header_bytes/4 fields.
     let h2 = cap.saturating_add(limits.max_header_bytes.saturating_mul(8));
