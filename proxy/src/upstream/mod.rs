@@ -39,6 +39,8 @@ mod health;
 mod pool;
 mod replay;
 mod request_body;
+#[cfg(test)]
+mod tests;
 
 pub use health::{health_loop, worker_exited};
 pub use request_body::{RequestBody, RequestBodyError};
