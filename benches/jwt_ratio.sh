@@ -48,7 +48,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- commit: $commit"
     echo "- command: \`PY_SECONDS=$PY_SECONDS bash benches/jwt_ratio.sh\`"
-    echo "- gate: criterion median of \`JwtPolicy::verify\` (benches/benches/jwt.rs); cold = token cache off (signature, exp, iss, aud), cached = a token already verified"
+    echo "- gate: criterion median of \`jwt::Policy::verify\` (benches/benches/jwt.rs); cold = token cache off (signature, exp, iss, aud), cached = a token already verified"
     echo "- PyJWT: median of 5 repeats of \`jwt.decode\` with algorithms, audience, issuer and a preloaded key (benches/pyjwt_bench.py); $py_version"
     echo "- keys: filters/tests/fixtures (RSA 2048, P-256, Ed25519; a 39-byte HS256 secret); same claims both sides"
     echo

@@ -16,7 +16,7 @@ mod common;
 use std::hint::black_box;
 
 use asgi_gate_benches::{fixture, unix_now, FAR_EXP, HS256_SECRET};
-use asgi_gate_filters::jwt::{JwtPolicy, KeySource, PolicyParams};
+use asgi_gate_filters::jwt::{self, KeySource, PolicyParams};
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
@@ -70,12 +70,12 @@ fn claims() -> serde_json::Value {
     })
 }
 
-fn policy(case: &Case, cache_capacity: usize) -> JwtPolicy {
+fn policy(case: &Case, cache_capacity: usize) -> jwt::Policy {
     let mut p = PolicyParams::new(vec![case.alg], case.verifying.clone());
     p.issuer = Some("https://issuer.example".into());
     p.audience = vec!["api".into()];
     p.cache_capacity = cache_capacity;
-    JwtPolicy::new(p).expect("bench policy")
+    jwt::Policy::new(p).expect("bench policy")
 }
 
 fn bench_jwt(c: &mut Criterion) {

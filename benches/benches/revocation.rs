@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use asgi_gate_benches::{unix_now, uuid_like, FAR_EXP, HS256_SECRET};
-use asgi_gate_filters::jwt::{revocation_key, JwtPolicy, KeySource, PolicyParams};
+use asgi_gate_filters::jwt::{self, revocation_key, KeySource, PolicyParams};
 use asgi_gate_filters::revocation::RevocationList;
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -55,7 +55,7 @@ fn bench_revocation(c: &mut Criterion) {
 
     // Verified claims to hand to check_token, one token with a revoked jti
     // and one without a jti whose hash key is revoked.
-    let policy = JwtPolicy::new(PolicyParams::new(
+    let policy = jwt::Policy::new(PolicyParams::new(
         vec![Algorithm::HS256],
         KeySource::Secret(HS256_SECRET.to_vec()),
     ))

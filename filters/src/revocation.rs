@@ -5,7 +5,7 @@
 //! `exp` here is that moment, in unix seconds: an entry counts as revoked
 //! while `now < exp` and is gone afterwards, even before a sweep removes it.
 //! Choosing it is the caller's job: the token's `exp` plus the policy's
-//! leeway ([`crate::jwt::JwtPolicy::revocation_expiry`]), the last second any
+//! leeway ([`crate::jwt::Policy::revocation_expiry`]), the last second any
 //! policy could still accept the token.
 //!
 //! # Storage
@@ -463,7 +463,7 @@ mod tests {
     fn shareable_between_threads() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<RevocationList>();
-        assert_send_sync::<crate::jwt::JwtPolicy>();
+        assert_send_sync::<crate::jwt::Policy>();
         assert_send_sync::<RevocationLog>();
     }
 

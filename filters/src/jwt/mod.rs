@@ -148,9 +148,9 @@ pub enum PolicyError {
 
 /// A verified-JWT policy. Immutable except for its token cache; share it
 /// behind an `Arc`. A remote JWKS refresh builds a new policy with
-/// [`JwtPolicy::with_jwks`] and swaps it in.
+/// [`Policy::with_jwks`] and swaps it in.
 #[derive(Debug)]
-pub struct JwtPolicy {
+pub struct Policy {
     algorithms: Vec<Algorithm>,
     keys: KeySet,
     jwks_warnings: Vec<String>,
@@ -185,7 +185,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-request-id",
 ];
 
-impl JwtPolicy {
+impl Policy {
     pub fn new(params: PolicyParams) -> Result<Self, PolicyError> {
         let mut algorithms = params.algorithms;
         let mut seen = Vec::with_capacity(algorithms.len());
@@ -240,7 +240,7 @@ impl JwtPolicy {
                 )));
             }
         }
-        Ok(JwtPolicy {
+        Ok(Policy {
             algorithms,
             keys,
             jwks_warnings,
@@ -257,14 +257,14 @@ impl JwtPolicy {
     /// The same policy with the keys of a newly fetched JWKS document and an
     /// empty token cache (a key that left the set must stop verifying).
     /// On error the caller keeps the policy it has.
-    pub fn with_jwks(&self, jwks: &str) -> Result<JwtPolicy, PolicyError> {
+    pub fn with_jwks(&self, jwks: &str) -> Result<Policy, PolicyError> {
         if !matches!(self.keys, KeySet::Jwks(_)) {
             return Err(PolicyError::KeyMismatch(
                 "this policy does not use a JWKS".into(),
             ));
         }
         let (keys, jwks_warnings) = keys::jwks_keys(jwks, &self.algorithms)?;
-        Ok(JwtPolicy {
+        Ok(Policy {
             algorithms: self.algorithms.clone(),
             keys,
             jwks_warnings,
@@ -349,7 +349,7 @@ impl JwtPolicy {
         Ok(claims)
     }
 
-    /// [`JwtPolicy::verify`] without the cache.
+    /// [`Policy::verify`] without the cache.
     pub fn verify_uncached(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
         let claims = self.verify_signature(token)?;
         claims.check_time(now, self.leeway)?;

@@ -21,8 +21,8 @@ fn hs_policy(algs: &[Algorithm]) -> PolicyParams {
     PolicyParams::new(algs.to_vec(), KeySource::Secret(SECRET.to_vec()))
 }
 
-fn policy(p: PolicyParams) -> JwtPolicy {
-    JwtPolicy::new(p).unwrap()
+fn policy(p: PolicyParams) -> Policy {
+    Policy::new(p).unwrap()
 }
 
 fn mint(
@@ -332,7 +332,7 @@ fn algorithm_confusion_hs256_signed_with_rsa_public_pem() {
         vec![Algorithm::RS256, Algorithm::HS256],
         KeySource::PublicKeyPem(RSA_PUBLIC.as_bytes().to_vec()),
     );
-    assert_eq!(JwtPolicy::new(mixed).unwrap_err(), PolicyError::MixedHmac);
+    assert_eq!(Policy::new(mixed).unwrap_err(), PolicyError::MixedHmac);
 }
 
 #[test]
@@ -417,7 +417,7 @@ fn every_asymmetric_algorithm_with_preparsed_keys() {
     let t = mint(Algorithm::ES384, Some("p384"), &es384, &valid_claims());
     assert!(p.verify_uncached(&t, NOW).is_ok());
     assert!(matches!(
-        JwtPolicy::new(PolicyParams::new(
+        Policy::new(PolicyParams::new(
             vec![Algorithm::ES256],
             KeySource::Jwks(doc)
         )),
@@ -442,14 +442,14 @@ fn every_asymmetric_algorithm_with_preparsed_keys() {
     // the first token.
     let mut doc: serde_json::Value = serde_json::from_str(JWKS).unwrap();
     doc["keys"][0]["y"] = json!(URL_SAFE_NO_PAD.encode([7u8; 32]));
-    let r = JwtPolicy::new(PolicyParams::new(
+    let r = Policy::new(PolicyParams::new(
         vec![Algorithm::ES256],
         KeySource::Jwks(doc.to_string()),
     ));
     assert!(matches!(r, Err(PolicyError::BadJwks(_))), "{r:?}");
 }
 
-fn jwks_policy(algs: &[Algorithm]) -> JwtPolicy {
+fn jwks_policy(algs: &[Algorithm]) -> Policy {
     policy(PolicyParams::new(
         algs.to_vec(),
         KeySource::Jwks(JWKS.into()),
@@ -523,7 +523,7 @@ fn bad_jwks_documents() {
         r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"!!","kid":"bad"}]}"#,
         r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"sym"}]}"#,
     ] {
-        let r = JwtPolicy::new(PolicyParams::new(algs.clone(), KeySource::Jwks(doc.into())));
+        let r = Policy::new(PolicyParams::new(algs.clone(), KeySource::Jwks(doc.into())));
         assert!(matches!(r, Err(PolicyError::BadJwks(_))), "{doc}: {r:?}");
     }
     // Encryption keys are skipped with a warning.
@@ -539,7 +539,7 @@ fn bad_jwks_documents() {
 
 #[test]
 fn constructor_validation() {
-    let e = |p: PolicyParams| JwtPolicy::new(p).unwrap_err();
+    let e = |p: PolicyParams| Policy::new(p).unwrap_err();
     assert_eq!(e(hs_policy(&[])), PolicyError::NoAlgorithms);
     assert!(matches!(
         e(PolicyParams::new(

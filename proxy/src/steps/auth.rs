@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use asgi_gate_config::{AuthPolicy, KeySource as ConfKeySource, Revocation};
-use asgi_gate_filters::jwt::{JwtAlgorithm, JwtPolicy, KeySource, PolicyError, PolicyParams};
+use asgi_gate_filters::jwt::{self, JwtAlgorithm, KeySource, PolicyError, PolicyParams};
 use asgi_gate_filters::revocation::{
     KeyHash, LogEvent, LogKey, RevocationList, RevocationLog, RevokeOutcome,
 };
@@ -47,7 +47,7 @@ pub enum AuthSetupError {
 /// One named policy. Its key set can be swapped by the JWKS refresher.
 pub struct AuthSlot {
     pub name: String,
-    policy: RwLock<Arc<JwtPolicy>>,
+    policy: RwLock<Arc<jwt::Policy>>,
     jwks_url: Option<String>,
     /// When to refresh first: the start-up response's max-age, or 10 min.
     first_refresh: Duration,
@@ -55,7 +55,7 @@ pub struct AuthSlot {
 }
 
 impl AuthSlot {
-    pub fn current(&self) -> Arc<JwtPolicy> {
+    pub fn current(&self) -> Arc<jwt::Policy> {
         self.policy
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -70,7 +70,7 @@ impl AuthSlot {
         }
     }
 
-    fn replace(&self, p: JwtPolicy) {
+    fn replace(&self, p: jwt::Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
     }
 }
@@ -121,7 +121,7 @@ pub async fn build_slot(name: &str, conf: &AuthPolicy) -> Result<AuthSlot, AuthS
     params.leeway = conf.leeway;
     params.forward_claims = conf.forward_claims.clone();
     params.strip_authorization = conf.strip_authorization;
-    let policy = JwtPolicy::new(params).map_err(|source| AuthSetupError::Policy {
+    let policy = jwt::Policy::new(params).map_err(|source| AuthSetupError::Policy {
         name: name.to_string(),
         source,
     })?;
