@@ -151,36 +151,28 @@ pub(super) async fn accept_loop(
             // first request head all within header_timeout.
             let first_by = accepted_at + limits.header_timeout;
             let act = ConnActivity::new(limits.body_timeout);
+            let conn = |h2| Conn {
+                builder,
+                watcher,
+                act,
+                h2,
+                header_timeout: limits.header_timeout,
+                first_by,
+            };
             let Some(tls) = tls else {
                 let Some(h2) = request_started(&stream, first_by).await else {
                     crate::metrics::client_cutoff("first_request");
                     return;
                 };
                 let info = ConnInfo::new(peer, "http");
-                let conn = Conn {
-                    builder,
-                    watcher,
-                    act,
-                    h2,
-                    header_timeout: limits.header_timeout,
-                    first_by,
-                };
-                serve_connection(TokioIo::new(stream), info, shared, conn).await;
+                serve_connection(TokioIo::new(stream), info, shared, conn(h2)).await;
                 return;
             };
             match tokio::time::timeout_at(first_by, tls.acceptor().accept(stream)).await {
                 Ok(Ok(stream)) => {
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let info = ConnInfo::new(peer, "https");
-                    let conn = Conn {
-                        builder,
-                        watcher,
-                        act,
-                        h2,
-                        header_timeout: limits.header_timeout,
-                        first_by,
-                    };
-                    serve_connection(TokioIo::new(stream), info, shared, conn).await;
+                    serve_connection(TokioIo::new(stream), info, shared, conn(h2)).await;
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                 Err(_) => {

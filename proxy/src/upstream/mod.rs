@@ -39,6 +39,26 @@ mod health;
 mod pool;
 mod replay;
 mod request_body;
+/// A worker's answer as the pipeline gets it: the connection stays leased
+/// to the response body, the replay copy goes back for reuse.
+fn sent(
+    worker: &Worker,
+    response: Response<Incoming>,
+    lease: Lease,
+    mut in_flight: InFlight,
+    replay: Option<Box<Replay>>,
+) -> Sent {
+    if let Some(r) = replay {
+        r.recycle();
+    }
+    in_flight.hold(lease);
+    Sent {
+        response,
+        in_flight,
+        socket: worker.socket.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -216,21 +236,11 @@ impl Upstream {
         *req.version_mut() = http::Version::HTTP_11;
         let deadline = tokio::time::Instant::now() + self.read_timeout;
         let replay = Replay::of(self.workers.len(), &req);
-        let mut guard = InFlight::enter(&worker.in_flight);
+        let guard = InFlight::enter(&worker.in_flight);
         // Bound in a statement of its own: a match on the awaited result
         // would keep its (large) slot across the retry's await.
         let failed = match tokio::time::timeout_at(deadline, worker.pool.send(req)).await {
-            Ok(Ok((resp, lease))) => {
-                if let Some(r) = replay {
-                    r.recycle();
-                }
-                guard.hold(lease);
-                return Ok(Sent {
-                    response: resp,
-                    in_flight: guard,
-                    socket: worker.socket.clone(),
-                });
-            }
+            Ok(Ok((resp, lease))) => return Ok(sent(worker, resp, lease, guard, replay)),
             Ok(Err(failed)) => failed,
             Err(_) => {
                 if let Some(r) = replay {
@@ -274,19 +284,9 @@ impl Upstream {
             tracing::debug!(upstream = %self.name, from = %worker.socket.display(), to = %next.socket.display(), "retrying on another worker");
             tried.push(index);
             worker = next;
-            let mut guard = InFlight::enter(&worker.in_flight);
+            let guard = InFlight::enter(&worker.in_flight);
             match tokio::time::timeout_at(deadline, worker.pool.send(req)).await {
-                Ok(Ok((resp, lease))) => {
-                    if let Some(r) = replay {
-                        r.recycle();
-                    }
-                    guard.hold(lease);
-                    return Ok(Sent {
-                        response: resp,
-                        in_flight: guard,
-                        socket: worker.socket.clone(),
-                    });
-                }
+                Ok(Ok((resp, lease))) => return Ok(sent(worker, resp, lease, guard, replay)),
                 Ok(Err(f)) => failed = f,
                 Err(_) => return self.timed_out(worker),
             }
