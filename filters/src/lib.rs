@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod compression;
+pub mod concurrency;
 pub mod cors;
 pub mod forwarding;
 pub mod header_names;

@@ -1,0 +1,410 @@
+//! The limiter against a simulated worker, driven by the injected clock.
+//!
+//! The worker model is one event loop: a request first waits `io` (in
+//! parallel with all others: an awaited database call), then needs `cpu` of
+//! the loop, which serves such work one request at a time in arrival order.
+//! `clients` closed-loop clients are always ready: each sends its next
+//! request as soon as its previous one completes, and the gate holds it
+//! until the limiter admits it.
+
+use super::*;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000_000_000;
+
+#[derive(Clone, Copy)]
+struct Model {
+    io: u64,
+    cpu: u64,
+}
+
+#[derive(Default)]
+struct Run {
+    /// Completions at or after `measure_from`.
+    completions: u64,
+    /// Worker latencies (sent → completed) at or after `measure_from`.
+    latencies: Vec<u64>,
+    measured_for: u64,
+}
+
+impl Run {
+    fn throughput(&self) -> f64 {
+        self.completions as f64 / (self.measured_for as f64 / S as f64)
+    }
+    fn p99(&mut self) -> u64 {
+        self.latencies.sort_unstable();
+        let i = (self.latencies.len() * 99 / 100).min(self.latencies.len().saturating_sub(1));
+        self.latencies.get(i).copied().unwrap_or(0)
+    }
+}
+
+/// Runs until `end`; `lim = None` is the unlimited gate. `observe` sees the
+/// limiter after every event.
+fn simulate(
+    mut lim: Option<&mut Limiter>,
+    clients: usize,
+    end: u64,
+    measure_from: u64,
+    model: impl Fn(u64) -> Model,
+    mut observe: impl FnMut(u64, &Limiter),
+) -> Run {
+    let mut run = Run {
+        measured_for: end - measure_from,
+        ..Run::default()
+    };
+    let mut now = 0u64;
+    let mut waiting = clients;
+    // (io done, sent, cpu)
+    let mut io: BinaryHeap<Reverse<(u64, u64, u64)>> = BinaryHeap::new();
+    // (sent, cpu)
+    let mut cpu_queue: VecDeque<(u64, u64)> = VecDeque::new();
+    // (done, sent)
+    let mut serving: Option<(u64, u64)> = None;
+    loop {
+        while waiting > 0 && lim.as_mut().is_none_or(|l| l.try_acquire(now)) {
+            waiting -= 1;
+            let m = model(now);
+            if m.io > 0 {
+                io.push(Reverse((now + m.io, now, m.cpu)));
+            } else {
+                cpu_queue.push_back((now, m.cpu));
+            }
+        }
+        if serving.is_none() {
+            if let Some((sent, cpu)) = cpu_queue.pop_front() {
+                serving = Some((now + cpu, sent));
+            }
+        }
+        let t_io = io.peek().map(|r| r.0 .0);
+        let t_cpu = serving.map(|s| s.0);
+        let next = match (t_io, t_cpu) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => panic!("simulated worker idle with {waiting} clients waiting"),
+        };
+        if next > end {
+            break;
+        }
+        now = next;
+        if t_cpu == Some(next) {
+            let Some((_, sent)) = serving.take() else {
+                unreachable!()
+            };
+            let rtt = now - sent;
+            if let Some(l) = lim.as_mut() {
+                l.release(now, Duration::from_nanos(rtt), Outcome::Success);
+            }
+            waiting += 1;
+            if now >= measure_from {
+                run.completions += 1;
+                run.latencies.push(rtt);
+            }
+        } else if let Some(Reverse((_, sent, cpu))) = io.pop() {
+            cpu_queue.push_back((sent, cpu));
+        }
+        if let Some(l) = lim.as_deref() {
+            observe(now, l);
+        }
+    }
+    run
+}
+
+fn cpu_bound(_: u64) -> Model {
+    Model { io: 0, cpu: MS / 2 }
+}
+
+fn io_bound(_: u64) -> Model {
+    Model {
+        io: 20 * MS,
+        cpu: 0,
+    }
+}
+
+#[test]
+fn concurrency_cpu_bound_worker_converges_to_a_small_limit() {
+    cpu_bound_converges("cpu-bound", cpu_bound);
+    // The same with a 0.1 ms hop between gate and worker (parallel, like I/O):
+    // the loop must still never idle while clients wait.
+    cpu_bound_converges("cpu-bound + 0.1 ms hop", |_| Model {
+        io: MS / 10,
+        cpu: MS / 2,
+    });
+}
+
+fn cpu_bound_converges(name: &str, model: fn(u64) -> Model) {
+    let end = 30 * S;
+    let settle = 2 * S;
+    let mut unlimited = simulate(None, 64, end, settle, model, |_, _| {});
+    // Start where an I/O-bound endpoint would have left it.
+    let params = Params {
+        initial_limit: 64,
+        ..Params::default()
+    };
+    let mut lim = Limiter::new(params, 0);
+    let (mut max_after, mut sum, mut n) = (0, 0u64, 0u64);
+    // The last time the limit was above 4.
+    let mut last_above = 0;
+    let mut limited = simulate(Some(&mut lim), 64, end, settle, model, |now, l| {
+        if l.limit() > 4 {
+            last_above = now;
+        }
+        if now >= settle {
+            max_after = max_after.max(l.limit());
+            if !l.probing() {
+                sum += l.limit() as u64;
+                n += 1;
+            }
+        }
+    });
+    let ratio = limited.throughput() / unlimited.throughput();
+    let (p99, p99_unlimited) = (limited.p99(), unlimited.p99());
+    eprintln!(
+        "{name}: limit ≤ 4 from {:.1} ms on; max limit after {}s {max_after}, mean {:.2}; throughput {:.0}/s vs unlimited {:.0}/s (ratio {ratio:.4}); worker p99 {:.2} ms vs unlimited {:.2} ms",
+        last_above as f64 / MS as f64,
+        settle / S,
+        sum as f64 / n as f64,
+        limited.throughput(),
+        unlimited.throughput(),
+        p99 as f64 / MS as f64,
+        p99_unlimited as f64 / MS as f64,
+    );
+    assert!(last_above < S, "limit above 4 at {last_above} ns");
+    assert!(max_after <= 4, "limit {max_after}");
+    assert!(ratio >= 0.97, "throughput ratio {ratio}");
+    assert!(p99 * 8 <= p99_unlimited, "p99 {p99} vs {p99_unlimited}");
+}
+
+#[test]
+fn concurrency_io_bound_worker_is_not_throttled() {
+    let end = 30 * S;
+    let settle = 2 * S;
+    let mut lim = Limiter::new(Params::default(), 0);
+    let mut first_at_max = None;
+    let (mut sum, mut n) = (0u64, 0u64);
+    let mut run = simulate(Some(&mut lim), 64, end, settle, io_bound, |now, l| {
+        if first_at_max.is_none() && l.limit() >= 58 {
+            first_at_max = Some(now);
+        }
+        if now >= settle && !l.probing() {
+            sum += l.limit() as u64;
+            n += 1;
+        }
+    });
+    let ideal = 64.0 / 0.020;
+    let ratio = run.throughput() / ideal;
+    eprintln!(
+        "io-bound: limit ≥ 58 at {:?} ms, mean limit outside probes {:.2}, final {}; throughput {:.0}/s = {ratio:.4} × 64/20ms; worker p99 {:.2} ms",
+        first_at_max.map(|t| t / MS),
+        sum as f64 / n as f64,
+        lim.limit(),
+        run.throughput(),
+        run.p99() as f64 / MS as f64,
+    );
+    assert!(first_at_max.is_some_and(|t| t < 2 * S));
+    assert!(sum as f64 / n as f64 >= 0.9 * 64.0);
+    assert!(ratio >= 0.9, "throughput ratio {ratio}");
+}
+
+#[test]
+fn concurrency_probes_dip_to_min_and_recover() {
+    let params = Params::default();
+    let mut lim = Limiter::new(params, 0);
+    // (dip start, level before, time back at that level)
+    let mut dips: Vec<(u64, usize, Option<u64>)> = Vec::new();
+    let (mut prev_limit, mut before) = (0, 0);
+    simulate(Some(&mut lim), 64, 60 * S, 0, io_bound, |now, l| {
+        let limit = l.limit();
+        if l.probing() && prev_limit > params.min_limit && limit == params.min_limit {
+            before = prev_limit;
+            dips.push((now, before, None));
+        }
+        if let Some(d) = dips.last_mut() {
+            if d.2.is_none() && !l.probing() && limit >= before {
+                d.2 = Some(now);
+            }
+        }
+        prev_limit = limit;
+    });
+    eprintln!(
+        "probes: {} dips; (start s, level, back after ms): {:?}",
+        dips.len(),
+        dips.iter()
+            .map(|d| (d.0 as f64 / S as f64, d.1, d.2.map(|t| (t - d.0) / MS)))
+            .collect::<Vec<_>>()
+    );
+    // 60 s / (5..5.75 s) after the first probe.
+    assert!((10..=12).contains(&dips.len()), "{} dips", dips.len());
+    for w in dips.windows(2) {
+        let gap = w[1].0 - w[0].0;
+        assert!((5 * S..=6 * S).contains(&gap), "probe gap {gap}");
+    }
+    for d in &dips {
+        assert!(d.1 >= 58);
+        let back = d.2.map(|t| t - d.0);
+        assert!(back.is_some_and(|b| b <= 300 * MS), "recovery {back:?}");
+    }
+}
+
+#[test]
+fn concurrency_follows_a_slower_worker_down_and_back_up() {
+    // A handler that awaits 20 ms then computes for `cpu`: the best
+    // concurrency is about (20 ms + cpu) / cpu, so it depends on `cpu`.
+    let model = |now: u64| Model {
+        io: 20 * MS,
+        cpu: if (20 * S..40 * S).contains(&now) {
+            2 * MS
+        } else {
+            MS / 2
+        },
+    };
+    let mut lim = Limiter::new(Params::default(), 0);
+    let mut phases = [(0u64, 0u64); 3];
+    let mut last = [0usize; 3];
+    let run = simulate(Some(&mut lim), 64, 60 * S, 0, model, |now, l| {
+        // the last 10 s of each 20 s phase, outside probes
+        let p = (now / (20 * S)).min(2) as usize;
+        if now % (20 * S) >= 10 * S && !l.probing() {
+            phases[p].0 += l.limit() as u64;
+            phases[p].1 += 1;
+        }
+        last[p] = l.limit();
+    });
+    let mean = phases.map(|(s, n)| s as f64 / n.max(1) as f64);
+    eprintln!(
+        "recovery: mean limit over the last 10 s of each phase (cpu 0.5 ms, 2 ms, 0.5 ms): {mean:.1?}; completions {}",
+        run.completions
+    );
+    assert!(mean[0] >= 57.0);
+    assert!(mean[1] <= 32.0 && mean[1] >= 8.0);
+    assert!(mean[2] >= 57.0);
+}
+
+/// A limiter that has finished its first probe and climbed to `max_limit`.
+fn at_max(params: Params) -> Limiter {
+    let mut lim = Limiter::new(params, 0);
+    simulate(
+        Some(&mut lim),
+        params.max_limit,
+        3 * S,
+        0,
+        io_bound,
+        |_, _| {},
+    );
+    lim
+}
+
+#[test]
+fn concurrency_drops_reduce_the_limit_multiplicatively() {
+    let mut lim = at_max(Params::default());
+    assert_eq!(lim.limit(), 64);
+    // The simulation left 64 requests in flight; they end as drops.
+    assert_eq!(lim.in_flight(), 64);
+    let now = 3 * S;
+    let mut expected = 64.0f64;
+    for _ in 0..10 {
+        lim.release(now, Duration::from_millis(20), Outcome::Dropped);
+        expected = (expected * 0.9).max(1.0);
+        assert_eq!(lim.limit(), expected as usize);
+    }
+    for _ in 0..100 {
+        lim.try_acquire(now);
+        lim.release(now, Duration::ZERO, Outcome::Dropped);
+    }
+    assert_eq!(lim.limit(), 1);
+    // Ignored outcomes free the slot and change nothing else.
+    assert!(lim.try_acquire(now));
+    assert_eq!(lim.in_flight(), 1);
+    lim.release(now, Duration::MAX, Outcome::Ignored);
+    assert_eq!((lim.in_flight(), lim.limit()), (0, 1));
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn concurrency_limit_stays_in_bounds_on_any_input() {
+    let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+    let odd_durations = [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::MAX,
+        Duration::from_secs(u64::MAX / 2),
+    ];
+    for case in 0..200 {
+        let params = Params {
+            min_limit: (rng.next() % 6) as usize,
+            max_limit: (rng.next() % 100) as usize,
+            initial_limit: (rng.next() % 200) as usize,
+            probe_interval: Duration::from_nanos(rng.next() % (10 * S)),
+            probe_jitter: [0.0, 0.5, -1.0, f64::NAN, f64::INFINITY][case % 5],
+            probe_samples: (rng.next() % 64) as usize,
+            sample_window: Duration::from_nanos(rng.next() % S),
+            tolerance: [1.5, 0.0, -3.0, f64::NAN, 1e300][case % 5],
+            drop_backoff: [0.9, 0.0, 1.0, f64::NAN, 7.0][(case / 5) % 5],
+            seed: rng.next(),
+        };
+        let (min, max) = (
+            params.min_limit.max(1),
+            params.max_limit.max(params.min_limit.max(1)),
+        );
+        let mut now = rng.next() % S;
+        let mut lim = Limiter::new(params, now);
+        let mut admitted = 0usize;
+        for _ in 0..2_000 {
+            now = match rng.next() % 10 {
+                0 => now.saturating_sub(rng.next() % S), // backwards
+                1 => now.saturating_add(rng.next()),     // huge jump
+                2 => u64::MAX - rng.next() % 4,
+                _ => now.saturating_add(rng.next() % (10 * MS)),
+            };
+            if rng.next().is_multiple_of(2) {
+                if lim.try_acquire(now) {
+                    admitted += 1;
+                }
+            } else {
+                let rtt = match rng.next() % 4 {
+                    0 => odd_durations[(rng.next() % 4) as usize],
+                    _ => Duration::from_nanos(rng.next() % (100 * MS)),
+                };
+                let outcome = [Outcome::Success, Outcome::Dropped, Outcome::Ignored]
+                    [(rng.next() % 3) as usize];
+                // Sometimes a release without an acquire: in_flight saturates.
+                if admitted > 0 || rng.next().is_multiple_of(8) {
+                    admitted = admitted.saturating_sub(1);
+                    lim.release(now, rtt, outcome);
+                }
+            }
+            let limit = lim.limit();
+            assert!(
+                (min..=max).contains(&limit),
+                "case {case}: limit {limit} not in [{min}, {max}]"
+            );
+            assert!(
+                lim.in_flight() <= max,
+                "case {case}: in_flight {}",
+                lim.in_flight()
+            );
+            assert_eq!(lim.in_flight(), admitted, "case {case}");
+        }
+    }
+}
+
+#[test]
+fn concurrency_idle_worker_does_not_drift_to_max() {
+    // One client: at most one request is ever in flight, so the windows are
+    // application-limited and the limit stays where it started.
+    let mut lim = Limiter::new(Params::default(), 0);
+    simulate(Some(&mut lim), 1, 10 * S, 0, io_bound, |_, _| {});
+    assert_eq!(lim.limit(), Params::default().initial_limit);
+    assert_eq!(lim.min_rtt(), Some(Duration::from_millis(20)));
+}
