@@ -116,6 +116,8 @@ Try:
 JWT, limits and revocation on /api/ (the worker never sees a refused request):
   TOKEN=$TOKEN
   curl -i http://127.0.0.1:$PORT/api/hello                                  # 401 from the gate
+  curl -i http://127.0.0.1:$PORT/%61pi/whoami                               # 401 too: routed as uvicorn decodes it (/api/whoami)
+  curl -i 'http://127.0.0.1:$PORT/api%2Fwhoami'                             # 400: an encoded slash never reaches a route
   curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$PORT/api/whoami   # {"sub":"demo-user"}: the verified claim as X-Auth-Subject
   for i in \$(seq 15); do curl -s -o /dev/null -w '%{http_code} ' -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$PORT/api/hello; done; echo   # 429 past the burst of 10
   curl -s -X POST -H "Authorization: Bearer $DEMO_ADMIN_TOKEN" -d "{\"token\":\"\$TOKEN\"}" http://127.0.0.1:$ADMIN_PORT/revocations   # revoked until the token's exp, then forgotten
