@@ -37,8 +37,12 @@ const READ: usize = 64 * 1024;
 pub struct StaticRoute {
     /// Shared with the blocking thread that opens files.
     root: Arc<Root>,
-    /// The route pattern up to its `{*catch_all}`.
-    prefix: String,
+    /// How many `/` the route pattern has before its `{*catch_all}`: the
+    /// file's path is what follows that many in the request path. Counted,
+    /// not compared: the router matched the decoded path, while the path
+    /// given here is its canonical encoding (`/my%20files/` for a route
+    /// `/my files/{*path}`).
+    prefix_slashes: usize,
     dotfiles: bool,
     cache_control: Option<HeaderValue>,
 }
@@ -103,7 +107,7 @@ impl StaticRoute {
                 dir,
                 index: conf.index.clone(),
             }),
-            prefix: prefix.to_string(),
+            prefix_slashes: prefix.matches('/').count(),
             dotfiles: conf.dotfiles,
             cache_control: conf
                 .cache_control
@@ -125,7 +129,7 @@ impl StaticRoute {
         if method != Method::GET && method != Method::HEAD {
             return Err(NotServed::MethodNotAllowed);
         }
-        let tail = path.strip_prefix(&self.prefix).unwrap_or("");
+        let tail = after_slashes(path, self.prefix_slashes);
         let file = self.find(tail).await.ok_or(NotServed::NotFound)?;
         let meta = &file.meta;
         let validators = Validators::new(meta.len(), meta.modified().ok());
@@ -328,6 +332,15 @@ impl Body for FileBody {
     }
 }
 
+/// What follows the `n`-th `/` of `path` ("" when it has fewer).
+fn after_slashes(path: &str, n: usize) -> &str {
+    match path.match_indices('/').nth(n.saturating_sub(1)) {
+        Some((i, _)) if n > 0 => &path[i + 1..],
+        _ if n == 0 => path,
+        _ => "",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +353,25 @@ mod tests {
             cache_control: Some("public, max-age=60".into()),
             dotfiles: false,
         }
+    }
+
+    #[tokio::test]
+    async fn a_prefix_with_an_encoded_character_finds_its_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("app.js"), "console.log(1)").unwrap();
+        std::fs::write(d.path().join("index.html"), "<h1>index</h1>").unwrap();
+        let r = StaticRoute::new("/my files/{*p}", &conf(d.path(), Some("index.html"))).unwrap();
+        let none = HeaderMap::new();
+        let js = r
+            .serve(&Method::GET, "/my%20files/app.js", &none)
+            .await
+            .unwrap();
+        assert_eq!(body_of(js).await, "console.log(1)");
+        let missing = r.serve(&Method::GET, "/my%20files/nope.js", &none).await;
+        assert!(matches!(missing, Err(NotServed::NotFound)));
+        assert_eq!(after_slashes("/a/b/c", 2), "b/c");
+        assert_eq!(after_slashes("/a/", 2), "");
+        assert_eq!(after_slashes("/a", 2), "");
     }
 
     #[test]
