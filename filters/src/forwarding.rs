@@ -116,18 +116,7 @@ pub fn strip_foreign_forwarding(headers: &mut HeaderMap) {
                     | "x-original-forwarded-for"
             )
     }
-    // One pass over the names; nothing is allocated unless one is found.
-    if !headers.keys().any(|k| foreign(k.as_str())) {
-        return;
-    }
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| foreign(k.as_str()))
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
+    crate::header_names::remove_where(headers, foreign);
 }
 
 /// True when the peer is one of `trusted_proxies`.

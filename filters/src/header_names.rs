@@ -41,23 +41,27 @@ fn folds_to(name: &str, owned: &str) -> bool {
 /// Removes the request headers `mode` names (see the module doc). `owned`
 /// lists the names the gate sets or decides on, with their dashes.
 pub fn strip_impostors(headers: &mut HeaderMap, owned: &[HeaderName], mode: Underscores) {
-    // Most requests have no `_` in any name: one cheap pass, no allocation.
-    if !headers.keys().any(|k| k.as_str().contains('_')) {
+    remove_where(headers, |k| {
+        k.contains('_')
+            && match mode {
+                Underscores::Drop => true,
+                Underscores::Owned => owned.iter().any(|o| folds_to(k, o.as_str())),
+            }
+    });
+}
+
+/// Removes every header whose name `doomed` picks. Most requests have none:
+/// one pass over the names, nothing allocated unless one is found.
+pub(crate) fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+    if !headers.keys().any(|k| doomed(k.as_str())) {
         return;
     }
-    let doomed: Vec<HeaderName> = headers
+    let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| {
-            let k = k.as_str();
-            k.contains('_')
-                && match mode {
-                    Underscores::Drop => true,
-                    Underscores::Owned => owned.iter().any(|o| folds_to(k, o.as_str())),
-                }
-        })
+        .filter(|k| doomed(k.as_str()))
         .cloned()
         .collect();
-    for name in doomed {
+    for name in names {
         headers.remove(name);
     }
 }

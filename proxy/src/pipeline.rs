@@ -108,6 +108,9 @@ async fn process(
     let is_websocket = websocket::is_upgrade(&req);
     forwarding::strip_hop_by_hop(req.headers_mut(), is_websocket);
     header_names::strip_impostors(req.headers_mut(), &gate.owned_headers, gate.underscores);
+    if !forwarding::is_trusted(conn.peer_ip, &gate.trusted_proxies) {
+        forwarding::strip_foreign_forwarding(req.headers_mut());
+    }
     let host = forwarding::request_host(req.headers(), req.uri())
         .map_err(|_| Reject::BadRequest("more than one Host header"))?;
     if let Some(h) = &host {
@@ -134,9 +137,6 @@ async fn process(
     //    on a route that does CORS, answered here.
     let client_ip = forwarding::client_ip(conn.peer_ip, req.headers(), &gate.trusted_proxies);
     log.client_ip = Some(client_ip);
-    if !forwarding::is_trusted(conn.peer_ip, &gate.trusted_proxies) {
-        forwarding::strip_foreign_forwarding(req.headers_mut());
-    }
     let preflight = match req.method() == Method::OPTIONS {
         true => cors::preflight_method(req.headers()),
         false => None,
