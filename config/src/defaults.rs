@@ -98,6 +98,19 @@ pub fn upstream(sockets: Vec<PathBuf>) -> Upstream {
         connect_timeout: CONNECT_TIMEOUT,
         read_timeout: READ_TIMEOUT,
         health_check: None,
+        concurrency: Some(concurrency(POOL_MAX_CONNECTIONS)),
+    }
+}
+
+/// Longest wait in an upstream's queue (`concurrency.queue_timeout`).
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The adaptive limit's default bounds for a pool of `max_connections`.
+pub fn concurrency(max_connections: usize) -> Concurrency {
+    Concurrency {
+        min: 1,
+        max: max_connections,
+        queue_timeout: QUEUE_TIMEOUT,
     }
 }
 
@@ -154,6 +167,7 @@ fn app_route(path: &str) -> Route {
         compress_event_stream: false,
         cors: RouteCors::Inherit,
         websocket: None,
+        buffer_request: true,
     }
 }
 

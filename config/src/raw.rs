@@ -63,6 +63,50 @@ pub struct RawUpstream {
     pub connect_timeout: Option<Dur>,
     pub read_timeout: Option<Dur>,
     pub health_check: Option<RawHealthCheck>,
+    pub concurrency: Option<RawConcurrency>,
+}
+
+/// `concurrency: off` (a static limit: `pool.max_connections` only),
+/// `concurrency: on`, or the adaptive limit's bounds.
+#[derive(Debug)]
+pub enum RawConcurrency {
+    Switch(bool),
+    Options(RawConcurrencyOptions),
+}
+
+impl<'de> Deserialize<'de> for RawConcurrency {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawConcurrency;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("off, on, or { min, max, queue_timeout }")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(RawConcurrency::Switch(b))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                match s {
+                    "off" => Ok(RawConcurrency::Switch(false)),
+                    "on" => Ok(RawConcurrency::Switch(true)),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(s), &self)),
+                }
+            }
+            fn visit_map<M: MapAccess<'de>>(self, m: M) -> Result<Self::Value, M::Error> {
+                RawConcurrencyOptions::deserialize(de::value::MapAccessDeserializer::new(m))
+                    .map(RawConcurrency::Options)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConcurrencyOptions {
+    pub min: Option<usize>,
+    pub max: Option<usize>,
+    pub queue_timeout: Option<Dur>,
 }
 
 #[derive(Debug, DeriveDeserialize)]
@@ -228,6 +272,7 @@ pub struct RawRoute {
     /// `false` or a cors mapping; checked by `validate` so that errors inside
     /// the mapping keep their path.
     pub cors: Option<serde_yaml::Value>,
+    pub buffer_request: Option<bool>,
     pub websocket: Option<RawWebSocket>,
 }
 

@@ -72,6 +72,19 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub health_check: Option<HealthCheck>,
+    /// The adaptive per-worker concurrency limit; `None` = `concurrency: off`.
+    pub concurrency: Option<Concurrency>,
+}
+
+/// Bounds of the adaptive concurrency limit (`upstreams.NAME.concurrency`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Concurrency {
+    /// default 1: the lowest limit, and the concurrency of a min-RTT probe
+    pub min: usize,
+    /// default `pool.max_connections`
+    pub max: usize,
+    /// default 5s: longest wait in the gate's queue before a 503
+    pub queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -295,4 +308,7 @@ pub struct Route {
     pub compress_event_stream: bool,
     pub cors: RouteCors,
     pub websocket: Option<WebSocketOpts>,
+    /// default true: the request body is read whole before the request
+    /// takes a worker slot (`buffer_request: false` streams it).
+    pub buffer_request: bool,
 }

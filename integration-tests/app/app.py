@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import json
 import os
+import time
 
 from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -152,6 +153,24 @@ async def slow(ms: int = 500):
     return {"slept_ms": ms, "pid": os.getpid()}
 
 
+@app.get("/cpu")
+async def cpu(ms: float = 2.0):
+    # CPU-bound work that yields to the loop every 0.2 ms, so the requests
+    # uvicorn has accepted interleave and each takes longer the more there are.
+    _Inflight.current += 1
+    _Inflight.max = max(_Inflight.max, _Inflight.current)
+    try:
+        end = time.perf_counter() + max(ms, 0) / 1000
+        while time.perf_counter() < end:
+            stop = time.perf_counter() + 0.0002
+            while time.perf_counter() < stop:
+                pass
+            await asyncio.sleep(0)
+    finally:
+        _Inflight.current -= 1
+    return {"ms": ms}
+
+
 @app.get("/concurrency")
 async def concurrency():
     return {"current": _Inflight.current, "max": _Inflight.max}
@@ -163,8 +182,18 @@ async def concurrency_reset():
     return {"current": _Inflight.current, "max": _Inflight.max}
 
 
+_upload_arrivals: list[float] = []
+
+
+@app.get("/upload/arrivals")
+async def upload_arrivals():
+    # Wall-clock times (time.time()) at which /upload requests reached the app.
+    return {"arrivals": _upload_arrivals}
+
+
 @app.post("/upload")
 async def upload(request: Request):
+    _upload_arrivals.append(time.time())
     digest = hashlib.sha256()
     n = 0
     async for chunk in request.stream():

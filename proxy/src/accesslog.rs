@@ -98,6 +98,8 @@ pub struct RequestLog {
     pub route: Option<Arc<RouteEntry>>,
     pub status: StatusCode,
     pub socket: Option<Arc<PathBuf>>,
+    /// Time the request waited at the gate for a worker slot.
+    pub queued: Option<Duration>,
     pub reason: Option<&'static str>,
 }
 
@@ -116,6 +118,7 @@ impl RequestLog {
             route: None,
             status: StatusCode::OK,
             socket: None,
+            queued: None,
             reason: None,
         }
     }
@@ -215,6 +218,13 @@ impl RequestLog {
             Some(s) => push_json_str(&mut line, &s.to_string_lossy()),
             None => line.push_str("null"),
         }
+        line.push_str(",\"queue_us\":");
+        match self.queued {
+            Some(q) => {
+                let _ = write!(line, "{}", q.as_micros());
+            }
+            None => line.push_str("null"),
+        }
         line.push_str(",\"reason\":");
         match self.reason {
             Some(r) => push_json_str(&mut line, r),
@@ -226,7 +236,7 @@ impl RequestLog {
 
     fn text_line(&self, route: &str, bytes: u64, elapsed: Duration) -> String {
         format!(
-            "{} {} \"{} {}\" {} {} {}us id={} route={} upstream={} reason={}\n",
+            "{} {} \"{} {}\" {} {} {}us id={} route={} upstream={} queue={} reason={}\n",
             rfc3339(started_at(elapsed)),
             self.client_ip
                 .map(|ip| ip.to_string())
@@ -241,6 +251,10 @@ impl RequestLog {
             match self.upstream() {
                 "" => "-",
                 u => u,
+            },
+            match self.queued {
+                Some(q) => format!("{}us", q.as_micros()),
+                None => "-".into(),
             },
             self.reason.unwrap_or("-"),
         )

@@ -312,6 +312,14 @@ fn render_metrics(gate: &Gate) -> Vec<u8> {
         m.pool_connections
             .with_label_values(&[up.name.as_str(), "waiting"])
             .set(state.waiting as i64);
+        for (w, limit) in up.workers.iter().zip(up.concurrency_limits()) {
+            m.concurrency_limit
+                .with_label_values(&[up.name.as_str(), &w.socket.to_string_lossy()])
+                .set(limit as i64);
+        }
+        m.queue_length
+            .with_label_values(&[up.name.as_str()])
+            .set(up.queued() as i64);
     }
     m.revocations.set(gate.revocations.list.len() as i64);
     m.revocation_outbox.set(

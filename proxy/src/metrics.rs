@@ -27,6 +27,10 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub worker_restarts: IntCounter,
     pub slow_clients: IntCounterVec,
+    pub concurrency_limit: IntGaugeVec,
+    pub queue_length: IntGaugeVec,
+    pub queue_wait: HistogramVec,
+    pub shed: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -111,6 +115,41 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["reason"],
     )?;
+    let concurrency_limit = IntGaugeVec::new(
+        Opts::new(
+            "upstream_concurrency_limit",
+            "Requests a worker may have at once: its adaptive concurrency limit.",
+        ),
+        &["upstream", "socket"],
+    )?;
+    let queue_length = IntGaugeVec::new(
+        Opts::new(
+            "upstream_queue_length",
+            "Requests waiting at the gate for a worker slot.",
+        ),
+        &["upstream"],
+    )?;
+    let queue_wait = HistogramVec::new(
+        HistogramOpts::new(
+            "upstream_queue_wait_seconds",
+            "Time requests waited at the gate for a worker slot (granted or not).",
+        )
+        .buckets(vec![
+            0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]),
+        &["upstream"],
+    )?;
+    let shed = IntCounterVec::new(
+        Opts::new(
+            "upstream_shed_total",
+            "Requests answered 503 without reaching a worker: refused by the overloaded queue, or waited queue_timeout.",
+        ),
+        &["upstream", "reason"],
+    )?;
+    registry.register(Box::new(concurrency_limit.clone()))?;
+    registry.register(Box::new(queue_length.clone()))?;
+    registry.register(Box::new(queue_wait.clone()))?;
+    registry.register(Box::new(shed.clone()))?;
     registry.register(Box::new(slow_clients.clone()))?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(duration.clone()))?;
@@ -141,6 +180,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         reloads,
         worker_restarts,
         slow_clients,
+        concurrency_limit,
+        queue_length,
+        queue_wait,
+        shed,
     })
 }
 

@@ -87,7 +87,9 @@ impl From<UpstreamError> for Reject {
                 Reject::BadGateway
             }
             // Busy, but answering: retry later.
-            UpstreamError::Busy => Reject::ServiceUnavailable,
+            UpstreamError::Busy | UpstreamError::Shed | UpstreamError::QueueTimeout => {
+                Reject::ServiceUnavailable
+            }
             UpstreamError::TimedOut => Reject::GatewayTimeout,
             UpstreamError::BodyTooLarge => Reject::PayloadTooLarge,
             UpstreamError::BodyCutOff => {
@@ -252,6 +254,10 @@ pub fn response(rej: &Reject) -> Response<GateBody> {
             for (name, value) in headers.iter() {
                 h.insert(name.clone(), value.clone());
             }
+        }
+        // Overloaded or busy now; a second is about one queue's worth.
+        Reject::ServiceUnavailable => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}
     }

@@ -253,6 +253,7 @@ impl Ctx<'_> {
             ),
             cors,
             websocket,
+            buffer_request: raw.buffer_request.unwrap_or(true),
         })
     }
 

@@ -8,6 +8,7 @@ use serde_yaml::Mapping;
 
 use super::{Ctx, Names};
 use crate::defaults;
+use crate::marks::KeyPath;
 use crate::raw::*;
 use crate::types::*;
 
@@ -121,6 +122,7 @@ impl Ctx<'_> {
                         .unwrap_or(defaults::HEALTH_CHECK_INTERVAL),
                 }
             });
+            let concurrency = self.concurrency(raw.concurrency, &p.key("concurrency"), &pool);
             out.insert(
                 name,
                 Upstream {
@@ -129,6 +131,7 @@ impl Ctx<'_> {
                     connect_timeout,
                     read_timeout,
                     health_check,
+                    concurrency,
                 },
             );
         }
@@ -142,5 +145,55 @@ impl Ctx<'_> {
             );
         }
         out
+    }
+
+    /// `concurrency`: on by default, bounded by the pool's connection cap.
+    fn concurrency(
+        &mut self,
+        raw: Option<RawConcurrency>,
+        p: &KeyPath,
+        pool: &Pool,
+    ) -> Option<Concurrency> {
+        let mut c = defaults::concurrency(pool.max_connections);
+        let o = match raw {
+            None | Some(RawConcurrency::Switch(true)) => return Some(c),
+            Some(RawConcurrency::Switch(false)) => return None,
+            Some(RawConcurrency::Options(o)) => o,
+        };
+        if let Some(min) = o.min {
+            if min == 0 {
+                self.at_value(&p.key("min"), "min must be at least 1");
+            } else {
+                c.min = min;
+            }
+        }
+        if let Some(max) = o.max {
+            if max > pool.max_connections {
+                self.at_value(
+                    &p.key("max"),
+                    format!(
+                        "max ({max}) is larger than pool.max_connections ({}): a worker never gets more requests than it has connections",
+                        pool.max_connections
+                    ),
+                );
+            } else if max < c.min {
+                self.at_value(
+                    &p.key("max"),
+                    format!("max ({max}) is smaller than min ({})", c.min),
+                );
+            } else {
+                c.max = max;
+            }
+        }
+        if c.min > c.max {
+            self.at_value(
+                &p.key("min"),
+                format!("min ({}) is larger than max ({})", c.min, c.max),
+            );
+        }
+        if let Some(d) = self.positive(o.queue_timeout, &p.key("queue_timeout"), "queue_timeout") {
+            c.queue_timeout = d;
+        }
+        Some(c)
     }
 }

@@ -70,6 +70,9 @@
 
 use std::time::Duration;
 
+pub mod queue;
+pub use queue::{Arrival, QueuePolicy};
+
 /// Most samples one gradient window keeps; a window closes early when full.
 pub const WINDOW_CAP: usize = 128;
 /// Fewest samples a window needs before it may close.

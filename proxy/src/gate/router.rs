@@ -203,6 +203,7 @@ mod tests {
             compress_event_stream: false,
             cors: RouteCors::Inherit,
             websocket: None,
+            buffer_request: true,
         }
     }
 

@@ -31,10 +31,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use asgi_gate_config::Upstream as UpstreamConf;
+use asgi_gate_filters::concurrency::Outcome;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use tokio::sync::{Notify, Semaphore};
 
+mod admission;
 mod health;
 mod pool;
 mod replay;
@@ -56,6 +58,17 @@ fn sent(
         response,
         in_flight,
         socket: worker.socket.clone(),
+        queued: Duration::ZERO,
+    }
+}
+
+/// What a worker's answer teaches its concurrency limit: an overload
+/// answer shrinks it, a handshake's time says nothing about load.
+fn outcome(status: http::StatusCode) -> Outcome {
+    match status {
+        http::StatusCode::SERVICE_UNAVAILABLE => Outcome::Dropped,
+        http::StatusCode::SWITCHING_PROTOCOLS => Outcome::Ignored,
+        _ => Outcome::Success,
     }
 }
 
@@ -65,6 +78,7 @@ mod tests;
 pub use health::{health_loop, worker_exited};
 pub use request_body::{RequestBody, RequestBodyError};
 
+use admission::{Admission, Refused};
 use pool::{ConnectError, Failed, Lease, Pool, SendError};
 use replay::Replay;
 
@@ -94,6 +108,41 @@ pub enum UpstreamError {
     /// The client's body stalled past `body_timeout`.
     #[error("request body timed out")]
     BodyTimedOut,
+    /// Refused by the overloaded queue, without waiting.
+    #[error("the upstream is overloaded")]
+    Shed,
+    /// Waited `concurrency.queue_timeout` for a worker slot.
+    #[error("no worker slot within queue_timeout")]
+    QueueTimeout,
+}
+
+impl From<&RequestBodyError> for UpstreamError {
+    fn from(e: &RequestBodyError) -> Self {
+        match e {
+            RequestBodyError::TooLarge { .. } => UpstreamError::BodyTooLarge,
+            RequestBodyError::Client(_) => UpstreamError::BodyCutOff,
+            RequestBodyError::TimedOut(_) => UpstreamError::BodyTimedOut,
+            RequestBodyError::Buffer(e) => {
+                tracing::error!(error = %e, "could not buffer a request body (is TMPDIR writable?)");
+                UpstreamError::Failed
+            }
+        }
+    }
+}
+
+impl From<RequestBodyError> for UpstreamError {
+    fn from(e: RequestBodyError) -> Self {
+        (&e).into()
+    }
+}
+
+impl From<Refused> for UpstreamError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Shed => UpstreamError::Shed,
+            Refused::TimedOut => UpstreamError::QueueTimeout,
+        }
+    }
 }
 
 /// One worker socket with its pool.
@@ -103,7 +152,7 @@ pub struct Worker {
     permits: Arc<Semaphore>,
     max: usize,
     in_flight: Arc<AtomicUsize>,
-    healthy: AtomicBool,
+    healthy: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -125,7 +174,7 @@ impl Worker {
             max,
             in_flight: Arc::new(AtomicUsize::new(0)),
             // Optimistic until the first health check says otherwise.
-            healthy: AtomicBool::new(true),
+            healthy: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -147,6 +196,8 @@ pub struct Sent {
     pub response: Response<Incoming>,
     pub in_flight: InFlight,
     pub socket: Arc<PathBuf>,
+    /// Time waited at the gate for a worker slot.
+    pub queued: Duration,
 }
 
 /// Open sockets and waiting requests over an upstream's workers.
@@ -170,22 +221,43 @@ pub struct Upstream {
     pub health: Option<asgi_gate_config::HealthCheck>,
     /// Wakes the health loop when a worker is taken out of the rotation.
     down: Arc<Notify>,
+    /// The queue and the workers' adaptive limits; `None` with `concurrency: off`.
+    admission: Option<Arc<Admission>>,
 }
 
 impl Upstream {
     pub fn new(name: &str, conf: &UpstreamConf) -> Upstream {
+        let workers: Vec<Worker> = conf
+            .sockets
+            .iter()
+            .map(|s| Worker::new(name, s.clone(), conf))
+            .collect();
+        let admission = conf.concurrency.as_ref().map(|c| {
+            let healthy = workers.iter().map(|w| w.healthy.clone()).collect();
+            Admission::new(name, healthy, c)
+        });
         Upstream {
             name: name.to_string(),
             conf: conf.clone(),
-            workers: conf
-                .sockets
-                .iter()
-                .map(|s| Worker::new(name, s.clone(), conf))
-                .collect(),
+            workers,
             read_timeout: conf.read_timeout,
             health: conf.health_check.clone(),
             down: Arc::new(Notify::new()),
+            admission,
         }
+    }
+
+    /// Each worker's current concurrency limit (empty with `concurrency: off`).
+    pub fn concurrency_limits(&self) -> Vec<usize> {
+        self.admission
+            .as_ref()
+            .map(|a| a.limits())
+            .unwrap_or_default()
+    }
+
+    /// Requests waiting at the gate for a worker slot.
+    pub fn queued(&self) -> usize {
+        self.admission.as_ref().map_or(0, |a| a.waiting())
     }
 
     /// Least outstanding requests among healthy workers (all, if none is).
@@ -227,8 +299,27 @@ impl Upstream {
     /// goes again only if it is idempotent and bodiless, and only once. At
     /// most one attempt per worker and [`MAX_RETRIES`] extra attempts, all
     /// within one `read_timeout`.
+    ///
+    /// First the request takes a slot under the chosen worker's concurrency
+    /// limit, waiting at the gate if every worker is at its limit; the slot
+    /// is given back when the response head arrives. Retries on other
+    /// workers do not wait again.
     pub async fn send(&self, mut req: Request<RequestBody>) -> Result<Sent, UpstreamError> {
-        let (index, worker) = self.pick().ok_or(UpstreamError::NoWorker)?;
+        let (permit, queued) = match &self.admission {
+            Some(a) => {
+                let (p, waited) = Box::pin(a.acquire()).await?;
+                (Some(p), waited)
+            }
+            None => (None, Duration::ZERO),
+        };
+        let (index, worker) = match &permit {
+            Some(p) => self
+                .workers
+                .get(p.worker)
+                .map(|w| (p.worker, w))
+                .ok_or(UpstreamError::NoWorker)?,
+            None => self.pick().ok_or(UpstreamError::NoWorker)?,
+        };
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             // h2 and absolute-form requests: the worker gets origin-form.
             *req.uri_mut() = origin_form(req.uri());
@@ -240,9 +331,19 @@ impl Upstream {
         // Bound in a statement of its own: a match on the awaited result
         // would keep its (large) slot across the retry's await.
         let failed = match tokio::time::timeout_at(deadline, worker.pool.send(req)).await {
-            Ok(Ok((resp, lease))) => return Ok(sent(worker, resp, lease, guard, replay)),
+            Ok(Ok((resp, lease))) => {
+                if let Some(p) = permit {
+                    p.release(outcome(resp.status()));
+                }
+                let mut sent = sent(worker, resp, lease, guard, replay);
+                sent.queued = queued;
+                return Ok(sent);
+            }
             Ok(Err(failed)) => failed,
             Err(_) => {
+                if let Some(p) = permit {
+                    p.release(Outcome::Dropped);
+                }
                 if let Some(r) = replay {
                     r.recycle();
                 }
@@ -250,6 +351,9 @@ impl Upstream {
             }
         };
         drop(guard);
+        if let Some(p) = permit {
+            p.release(Outcome::Dropped);
+        }
         Box::pin(self.retry(index, failed, replay, deadline)).await
     }
 
@@ -321,11 +425,7 @@ impl Upstream {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(err) = source {
             if let Some(be) = err.downcast_ref::<RequestBodyError>() {
-                return match be {
-                    RequestBodyError::TooLarge { .. } => UpstreamError::BodyTooLarge,
-                    RequestBodyError::Client(_) => UpstreamError::BodyCutOff,
-                    RequestBodyError::TimedOut(_) => UpstreamError::BodyTimedOut,
-                };
+                return be.into();
             }
             source = err.source();
         }

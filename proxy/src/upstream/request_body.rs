@@ -1,15 +1,25 @@
 //! The client's body on its way to the worker, cut off at `max_body` and
-//! after `body_timeout` without a byte.
+//! after `body_timeout` without a byte; or read whole first ([`RequestBody::buffer`]),
+//! in memory up to [`IN_MEMORY`] and in an unnamed temporary file beyond.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
+
+/// Most of a buffered body kept in memory; the rest goes to a temporary
+/// file (in `TMPDIR`), as nginx's `client_body_buffer_size` does.
+pub const IN_MEMORY: usize = 64 * 1024;
+/// Read size from a buffered body's file.
+const FILE_CHUNK: usize = 64 * 1024;
 
 /// Why a request body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +30,19 @@ pub enum RequestBodyError {
     Client(#[source] hyper::Error),
     #[error("the client sent no request body bytes for {0:?}")]
     TimedOut(Duration),
+    /// The temporary file of a buffered body could not be written or read.
+    #[error("request body buffer: {0}")]
+    Buffer(#[source] std::io::Error),
+}
+
+/// A body read whole before it was sent.
+enum Buffered {
+    Memory(VecDeque<Bytes>),
+    File {
+        file: tokio::fs::File,
+        left: u64,
+        buf: BytesMut,
+    },
 }
 
 /// The client's body, failing once more than `max` bytes arrived or when
@@ -35,6 +58,9 @@ pub struct RequestBody {
     /// Made at the first wait; armed at the first wait after bytes moved.
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
+    /// Set by [`RequestBody::buffer`]: what is sent instead of `inner`.
+    /// Boxed: every request's future holds a `RequestBody`, few buffer.
+    buffered: Option<Box<Buffered>>,
 }
 
 impl RequestBody {
@@ -46,7 +72,68 @@ impl RequestBody {
             timeout,
             sleep: None,
             armed: false,
+            buffered: None,
         }
+    }
+
+    /// Whether the client sends no body at all.
+    pub fn is_empty(&self) -> bool {
+        self.buffered.is_none() && self.is_end_stream()
+    }
+
+    /// Reads the whole body now, under the same `max_body` and
+    /// `body_timeout`, and returns it with its length: the request then
+    /// takes a worker slot only when it is ready, and a slow upload costs
+    /// the worker nothing. Up to [`IN_MEMORY`] bytes stay in memory; a
+    /// longer body goes to an unnamed temporary file, removed when closed.
+    pub async fn buffer(mut self) -> Result<(RequestBody, u64), RequestBodyError> {
+        use http_body_util::BodyExt;
+        let mut memory = VecDeque::new();
+        let mut in_memory = 0usize;
+        let mut file: Option<tokio::fs::File> = None;
+        while let Some(frame) = self.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                // Trailers: HTTP/1.1 workers do not see them.
+                continue;
+            };
+            if file.is_none() && in_memory + data.len() <= IN_MEMORY {
+                in_memory += data.len();
+                memory.push_back(data);
+                continue;
+            }
+            let f = match &mut file {
+                Some(f) => f,
+                None => {
+                    let mut f = temp_file().await.map_err(RequestBodyError::Buffer)?;
+                    for chunk in memory.drain(..) {
+                        f.write_all(&chunk)
+                            .await
+                            .map_err(RequestBodyError::Buffer)?;
+                    }
+                    file.insert(f)
+                }
+            };
+            f.write_all(&data).await.map_err(RequestBodyError::Buffer)?;
+        }
+        let len = self.seen;
+        self.inner = None;
+        self.sleep = None;
+        self.buffered = Some(Box::new(match file {
+            None => Buffered::Memory(memory),
+            Some(mut f) => {
+                use tokio::io::AsyncSeekExt;
+                f.flush().await.map_err(RequestBodyError::Buffer)?;
+                f.seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(RequestBodyError::Buffer)?;
+                Buffered::File {
+                    file: f,
+                    left: len,
+                    buf: BytesMut::new(),
+                }
+            }
+        }));
+        Ok((self, len))
     }
 
     /// No body (the gate's own requests, such as health checks).
@@ -58,6 +145,7 @@ impl RequestBody {
             timeout: Duration::ZERO,
             sleep: None,
             armed: false,
+            buffered: None,
         }
     }
 
@@ -86,6 +174,9 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(b) = self.buffered.as_mut() {
+            return poll_buffered(b, cx);
+        }
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -117,13 +208,60 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        match self.buffered.as_deref() {
+            Some(Buffered::Memory(m)) => m.is_empty(),
+            Some(Buffered::File { left, .. }) => *left == 0,
+            None => self.inner.as_ref().is_none_or(|b| b.is_end_stream()),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Some(b) => b.size_hint(),
-            None => SizeHint::with_exact(0),
+        match (self.buffered.as_deref(), &self.inner) {
+            (Some(Buffered::Memory(m)), _) => {
+                SizeHint::with_exact(m.iter().map(|b| b.len() as u64).sum())
+            }
+            (Some(Buffered::File { left, .. }), _) => SizeHint::with_exact(*left),
+            (None, Some(b)) => b.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// An unnamed file in the temporary directory (gone when closed).
+async fn temp_file() -> std::io::Result<tokio::fs::File> {
+    let f = tokio::task::spawn_blocking(tempfile::tempfile)
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(tokio::fs::File::from_std(f))
+}
+
+fn poll_buffered(
+    b: &mut Buffered,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+    match b {
+        Buffered::Memory(m) => Poll::Ready(m.pop_front().map(|d| Ok(Frame::data(d)))),
+        Buffered::File { file, left, buf } => {
+            if *left == 0 {
+                return Poll::Ready(None);
+            }
+            let want = (*left).min(FILE_CHUNK as u64) as usize;
+            buf.resize(want, 0);
+            let mut rb = ReadBuf::new(&mut buf[..]);
+            match Pin::new(file).poll_read(cx, &mut rb) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Some(Err(RequestBodyError::Buffer(e)))),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                        return Poll::Ready(Some(Err(RequestBodyError::Buffer(e))));
+                    }
+                    *left -= n as u64;
+                    buf.truncate(n);
+                    Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))))
+                }
+            }
         }
     }
 }

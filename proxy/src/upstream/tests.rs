@@ -108,6 +108,8 @@ fn conf(
         connect_timeout,
         read_timeout: Duration::from_secs(5),
         health_check: None,
+        // The pool's own behaviour; the queue has its tests below.
+        concurrency: None,
     }
 }
 

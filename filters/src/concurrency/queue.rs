@@ -1,0 +1,467 @@
+//! The queue in front of the limit: whether a request that finds every
+//! worker at its limit may wait, and in which order waiting requests go.
+//!
+//! Normal, the queue is FIFO; overloaded, LIFO. Overload is told apart
+//! from a queue that merely stands by the rate at which requests join it:
+//!
+//! - **Normal (FIFO).** Requests wait in arrival order. One is refused at
+//!   once (a shed) only when its predicted wait, `position × rtt / Σ limit`,
+//!   is longer than `queue_timeout`; any waiter is refused when its own wait
+//!   reaches `queue_timeout`. A closed population of clients (each sends its
+//!   next request when the last is answered, as `wrk -c64` or a pool of
+//!   application servers) makes a queue that stands, but whose arrivals
+//!   match the worker's completions: it is served in order, every request
+//!   answered, even while the limit dips for a min-RTT probe.
+//! - **Overload (LIFO).** When, through two intervals in a row, more
+//!   requests joined the queue than the worker completed (by more than
+//!   `max(Σ limit, 8)`) and the oldest waiter has waited longer than the
+//!   standing threshold (`max(standing_min, 2 × rtt)`), arrivals outpace the
+//!   worker: the queue can only end in timeouts, and FIFO would make every
+//!   request wait the longest. Then the newest waiter is served first, at
+//!   most `Σ limit` requests wait (the rest are refused on arrival, in
+//!   microseconds), and waiters older than the standing threshold are
+//!   refused. Served requests wait about one completion.
+//! - **Recovering (LIFO, normal refusals).** Overload ends after an interval
+//!   without a refusal, or after [`OVERLOAD_MAX`] in any case (clients that
+//!   resend at once when refused would otherwise keep it on forever). Two
+//!   intervals without growth return to normal; growth with a standing
+//!   queue returns to overload, newest first all along.
+//!
+//! The idea is Facebook's "adaptive LIFO" with a CoDel-style standing-queue
+//! test (Maurer, "Fail at Scale", ACM Queue 13(8), 2015; Nichols and
+//! Jacobson, "Controlling Queue Delay", ACM Queue 10(5), 2012), with the
+//! arrival rate added to the entry test so that a closed population is never
+//! shed.
+//!
+//! Pure: time is nanoseconds from the caller's origin, as in [`super::Limiter`].
+
+use std::time::Duration;
+
+/// How often the growth test runs.
+pub const INTERVAL: Duration = Duration::from_millis(50);
+/// Lowest standing threshold.
+pub const STANDING_MIN: Duration = Duration::from_millis(50);
+/// Longest overload before the policy looks again with normal refusals.
+pub const OVERLOAD_MAX: Duration = Duration::from_secs(2);
+/// Intervals in a row that change the regime.
+const INTERVALS: u32 = 2;
+/// Least surplus of arrivals over completions in an interval that counts
+/// as growth: clients come and go by a few.
+const MIN_GROWTH: u64 = 8;
+/// Weight of a new sample in the latency average.
+const RTT_WEIGHT: f64 = 0.1;
+
+/// What to do with a request that found no free slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    Wait,
+    Shed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Regime {
+    Normal,
+    Overload { since: u64 },
+    Recovering,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueuePolicy {
+    timeout: u64,
+    interval: u64,
+    standing_min: u64,
+    overload_max: u64,
+    /// Average latency of successful requests, ns (0 until the first).
+    rtt: f64,
+    regime: Regime,
+    interval_start: u64,
+    /// Requests that joined the queue, and completions, this interval.
+    joined: u64,
+    completed: u64,
+    /// Intervals in a row with growth, and without.
+    grew: u32,
+    quiet: u32,
+    shed_in_interval: bool,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl QueuePolicy {
+    pub fn new(queue_timeout: Duration, now: u64) -> QueuePolicy {
+        QueuePolicy {
+            timeout: nanos(queue_timeout),
+            interval: nanos(INTERVAL),
+            standing_min: nanos(STANDING_MIN),
+            overload_max: nanos(OVERLOAD_MAX),
+            rtt: 0.0,
+            regime: Regime::Normal,
+            interval_start: now,
+            joined: 0,
+            completed: 0,
+            grew: 0,
+            quiet: 0,
+            shed_in_interval: false,
+        }
+    }
+
+    /// A request admitted earlier completed; `rtt` is its latency if it
+    /// succeeded.
+    pub fn completed(&mut self, rtt: Option<Duration>) {
+        self.completed += 1;
+        let Some(rtt) = rtt else { return };
+        let rtt = nanos(rtt) as f64;
+        self.rtt = if self.rtt == 0.0 {
+            rtt
+        } else {
+            self.rtt + RTT_WEIGHT * (rtt - self.rtt)
+        };
+    }
+
+    /// Serve the newest waiter first.
+    pub fn lifo(&self) -> bool {
+        self.regime != Regime::Normal
+    }
+
+    /// Whether the queue is refusing as overloaded.
+    pub fn overloaded(&self) -> bool {
+        matches!(self.regime, Regime::Overload { .. })
+    }
+
+    /// How long a waiter may wait before it is refused.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_nanos(self.timeout)
+    }
+
+    /// In overload, which waiters are refused now, oldest first: those that
+    /// entered the queue before the returned instant, and any beyond the
+    /// newest `capacity` (see [`Self::refused`]).
+    pub fn stale(&self, now: u64, capacity: usize) -> Option<(u64, usize)> {
+        self.overloaded()
+            .then(|| (now.saturating_sub(self.standing()), capacity.max(1)))
+    }
+
+    /// Tells the policy that requests were refused (keeps overload on).
+    pub fn refused(&mut self) {
+        self.shed_in_interval = true;
+    }
+
+    /// A request found no free slot; `waiting` are already queued, the
+    /// oldest since `oldest`, and the workers' limits sum to `capacity`.
+    pub fn arrival(
+        &mut self,
+        now: u64,
+        waiting: usize,
+        oldest: Option<u64>,
+        capacity: usize,
+    ) -> Arrival {
+        let capacity = capacity.max(1);
+        self.tick(now, oldest, capacity);
+        self.joined += 1;
+        let shed = if self.overloaded() {
+            waiting >= capacity
+        } else {
+            // Predicted wait: this request's turn comes after `waiting + 1`
+            // completions, which come `capacity` per `rtt`.
+            (waiting + 1) as f64 * self.rtt / capacity as f64 > self.timeout as f64
+        };
+        if shed {
+            self.shed_in_interval = true;
+            Arrival::Shed
+        } else {
+            Arrival::Wait
+        }
+    }
+
+    /// Runs the growth test when an interval has passed.
+    pub fn tick(&mut self, now: u64, oldest: Option<u64>, capacity: usize) {
+        if now.saturating_sub(self.interval_start) < self.interval {
+            return;
+        }
+        let grew = self.joined >= self.completed + (capacity as u64).max(MIN_GROWTH);
+        let standing = oldest.is_some_and(|t| now.saturating_sub(t) > self.standing());
+        if grew {
+            self.grew += 1;
+            self.quiet = 0;
+        } else {
+            self.grew = 0;
+            self.quiet += 1;
+        }
+        self.regime = match self.regime {
+            Regime::Normal | Regime::Recovering if self.grew >= INTERVALS && standing => {
+                self.grew = 0;
+                Regime::Overload { since: now }
+            }
+            Regime::Recovering if self.quiet >= INTERVALS => Regime::Normal,
+            Regime::Overload { since }
+                if !self.shed_in_interval || now.saturating_sub(since) >= self.overload_max =>
+            {
+                self.grew = 0;
+                self.quiet = 0;
+                Regime::Recovering
+            }
+            r => r,
+        };
+        self.interval_start = now;
+        self.joined = 0;
+        self.completed = 0;
+        self.shed_in_interval = false;
+    }
+
+    fn standing(&self) -> u64 {
+        self.standing_min.max((2.0 * self.rtt) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// A FIFO queue before one worker that completes one request every
+    /// `service` ns, `limit` at a time; returns (policy, served waits, sheds).
+    struct Sim {
+        policy: QueuePolicy,
+        /// Enqueue times of waiters, oldest first.
+        queue: std::collections::VecDeque<u64>,
+        waits: Vec<u64>,
+        sheds: usize,
+        limit: usize,
+    }
+
+    impl Sim {
+        fn new(timeout: Duration, limit: usize, rtt: Duration) -> Sim {
+            let mut policy = QueuePolicy::new(timeout, 0);
+            policy.completed(Some(rtt));
+            Sim {
+                policy,
+                queue: Default::default(),
+                waits: Vec::new(),
+                sheds: 0,
+                limit,
+            }
+        }
+
+        /// True if the request waits, false if it was shed.
+        fn arrive(&mut self, now: u64) -> bool {
+            let oldest = self.queue.front().copied();
+            match self
+                .policy
+                .arrival(now, self.queue.len(), oldest, self.limit)
+            {
+                Arrival::Wait => {
+                    self.queue.push_back(now);
+                    true
+                }
+                Arrival::Shed => {
+                    self.sheds += 1;
+                    false
+                }
+            }
+        }
+
+        /// The worker finishes one request and takes the next waiter.
+        fn complete(&mut self, now: u64) {
+            self.policy.completed(Some(Duration::from_millis(2)));
+            let oldest = self.queue.front().copied();
+            self.policy.tick(now, oldest, self.limit);
+            if let Some((before, keep)) = self.policy.stale(now, self.limit) {
+                while self.queue.len() > keep || self.queue.front().is_some_and(|&t| t < before) {
+                    self.queue.pop_front();
+                    self.sheds += 1;
+                    self.policy.refused();
+                }
+            }
+            let next = if self.policy.lifo() {
+                self.queue.pop_back()
+            } else {
+                self.queue.pop_front()
+            };
+            if let Some(t) = next {
+                self.waits.push(now - t);
+            }
+        }
+    }
+
+    /// Open loop: arrivals every `gap` ns, completions every `service` ns,
+    /// for `duration` ns.
+    fn open_loop(sim: &mut Sim, gap: u64, service: u64, duration: u64) {
+        let (mut next_arrival, mut next_done) = (0, service);
+        while next_arrival < duration || next_done < duration {
+            if next_arrival <= next_done {
+                sim.arrive(next_arrival);
+                next_arrival += gap;
+            } else {
+                sim.complete(next_done);
+                next_done += service;
+            }
+        }
+    }
+
+    fn p99(waits: &mut [u64]) -> u64 {
+        waits.sort_unstable();
+        waits[waits.len() * 99 / 100]
+    }
+
+    #[test]
+    fn a_closed_population_is_served_in_order_and_never_shed() {
+        // 64 clients, each sends again the moment it is answered: the queue
+        // stands at 60 (the worker holds 4) but never grows.
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        for _ in 0..60 {
+            sim.arrive(0);
+        }
+        let service = MS / 2;
+        let mut now = 0;
+        for _ in 0..40_000 {
+            now += service;
+            sim.complete(now);
+            sim.arrive(now);
+        }
+        assert_eq!(sim.sheds, 0);
+        assert!(!sim.policy.lifo());
+        // FIFO: every wait is the queue's length in completions.
+        let w = p99(&mut sim.waits);
+        assert!(w <= 61 * service, "p99 wait {w}");
+    }
+
+    #[test]
+    fn overload_serves_the_newest_and_sheds_the_rest_at_once() {
+        // Three times what the worker completes, for 20 s.
+        let service = MS / 2;
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        open_loop(&mut sim, service / 3, service, 20_000 * MS);
+        assert!(sim.policy.lifo());
+        let served = sim.waits.len();
+        // Goodput: the worker never idles.
+        assert!(
+            served as u64 >= 20_000 * MS / service - 10,
+            "served {served}"
+        );
+        // Served requests wait about one completion; the growth phase
+        // before overload is detected is under 1% of them.
+        let w = p99(&mut sim.waits);
+        assert!(w <= 2 * service, "p99 wait {w}");
+        assert!(sim.sheds > 2 * served - served / 10, "sheds {}", sim.sheds);
+    }
+
+    #[test]
+    fn without_overload_the_rule_is_the_predicted_wait() {
+        // 4 slots, 10 ms per request: the 2001st waiter would wait 5 s.
+        let mut p = QueuePolicy::new(Duration::from_secs(5), 0);
+        p.completed(Some(Duration::from_millis(10)));
+        assert_eq!(p.arrival(1, 1998, Some(0), 4), Arrival::Wait);
+        assert_eq!(p.arrival(2, 2000, Some(0), 4), Arrival::Shed);
+        // No latency known yet: nothing is predicted, the timeout decides.
+        let mut p = QueuePolicy::new(Duration::from_secs(5), 0);
+        assert_eq!(p.arrival(1, 1_000_000, Some(0), 4), Arrival::Wait);
+    }
+
+    #[test]
+    fn overload_ends_when_arrivals_fall_below_what_the_worker_completes() {
+        let service = MS / 2;
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        open_loop(&mut sim, service / 3, service, 2_000 * MS);
+        assert!(sim.policy.lifo());
+        // Half the worker's rate from then on.
+        let start = 2_000 * MS;
+        let (mut a, mut d) = (start, start + service);
+        while a < start + 2_000 * MS {
+            if a <= d {
+                sim.arrive(a);
+                a += 2 * service;
+            } else {
+                sim.complete(d);
+                d += service;
+            }
+        }
+        assert!(!sim.policy.lifo());
+        assert!(sim.queue.len() <= 1);
+    }
+
+    #[test]
+    fn a_burst_that_stops_growing_is_not_overload() {
+        // 500 requests at once, then a closed loop: one growth interval only.
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        for _ in 0..500 {
+            sim.arrive(0);
+        }
+        let mut now = 0;
+        for _ in 0..10_000 {
+            now += MS / 2;
+            sim.complete(now);
+            sim.arrive(now);
+        }
+        assert_eq!(sim.sheds, 0);
+        assert!(!sim.policy.lifo());
+    }
+
+    #[test]
+    fn the_standing_threshold_follows_the_latency() {
+        let mut p = QueuePolicy::new(Duration::from_secs(5), 0);
+        assert_eq!(p.standing(), 50 * MS);
+        p.completed(Some(Duration::from_millis(100)));
+        assert_eq!(p.standing(), 200 * MS);
+        p.completed(Some(Duration::MAX));
+        assert!(p.standing() >= 200 * MS);
+        p.completed(None);
+        assert!(p.standing() >= 200 * MS);
+    }
+
+    #[test]
+    fn a_closed_population_is_not_shed_while_the_limit_dips_for_a_probe() {
+        // 64 clients; for 300 ms of every second the worker completes one
+        // request per 20 ms instead of one per 0.5 ms (a min-RTT probe).
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        for _ in 0..60 {
+            sim.arrive(0);
+        }
+        let mut now = 0;
+        while now < 10_000 * MS {
+            let probing = now % (1_000 * MS) < 300 * MS;
+            sim.limit = if probing { 1 } else { 4 };
+            now += if probing { 20 * MS } else { MS / 2 };
+            sim.complete(now);
+            sim.arrive(now);
+        }
+        assert_eq!(sim.sheds, 0);
+    }
+
+    #[test]
+    fn clients_that_resend_when_shed_do_not_keep_the_queue_overloaded() {
+        // Overload from an open-loop burst...
+        let service = MS / 2;
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        open_loop(&mut sim, service / 3, service, 1_000 * MS);
+        assert!(sim.policy.overloaded());
+        // ...then 300 clients, each sending again at once when answered,
+        // 503 included: arrivals stay far above completions.
+        let mut now = 1_000 * MS;
+        let mut sheds_at_5s = 0;
+        // Clients not waiting in the queue (nor in the worker's 4 slots).
+        let mut retrying = 300usize.saturating_sub(sim.queue.len() + 4);
+        while now < 10_000 * MS {
+            now += service;
+            sim.complete(now);
+            retrying += 1;
+            // Each refused client is back 0.1 ms later.
+            for step in 0..5 {
+                let at = now + step * service / 5;
+                let mut still = 0;
+                for _ in 0..retrying {
+                    if !sim.arrive(at) {
+                        still += 1;
+                    }
+                }
+                retrying = still;
+            }
+            if now <= 5_000 * MS {
+                sheds_at_5s = sim.sheds;
+            }
+        }
+        assert!(!sim.policy.lifo(), "still overloaded or recovering");
+        assert_eq!(sim.sheds, sheds_at_5s, "still shedding after 5 s");
+    }
+}
