@@ -168,6 +168,7 @@ fn app_route(path: &str) -> Route {
         cors: RouteCors::Inherit,
         websocket: None,
         buffer_request: true,
+        buffer_response: None,
     }
 }
 

@@ -273,6 +273,7 @@ pub struct RawRoute {
     /// the mapping keep their path.
     pub cors: Option<serde_yaml::Value>,
     pub buffer_request: Option<bool>,
+    pub buffer_response: Option<Size>,
     pub websocket: Option<RawWebSocket>,
 }
 

@@ -311,4 +311,8 @@ pub struct Route {
     /// default true: the request body is read whole before the request
     /// takes a worker slot (`buffer_request: false` streams it).
     pub buffer_request: bool,
+    /// `buffer_response: SIZE`: a worker response with a Content-Length up
+    /// to SIZE is read whole before it is sent on, freeing the worker's
+    /// connection while a slow client reads. Default off.
+    pub buffer_response: Option<u64>,
 }

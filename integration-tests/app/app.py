@@ -120,6 +120,12 @@ async def stream(kib: int = 1024):
     return StreamingResponse(chunks(), media_type="application/octet-stream")
 
 
+@app.get("/sized")
+async def sized(kib: int = 1024):
+    # kib KiB of 'x' with a Content-Length (unlike /stream).
+    return Response(b"x" * (max(kib, 0) * 1024), media_type="application/octet-stream")
+
+
 @app.get("/gzipped")
 async def gzipped():
     return Response(

@@ -110,6 +110,49 @@ pub fn to_client(resp: Response<Incoming>, in_flight: InFlight) -> Response<Gate
     Response::from_parts(parts, GateBody::upstream(body, in_flight))
 }
 
+/// Why a response to be buffered (`buffer_response`) could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("no whole response body within read_timeout")]
+    TimedOut,
+    #[error("response body: {0}")]
+    Worker(#[from] hyper::Error),
+}
+
+/// `buffer_response`: a response whose Content-Length is at most `max` is
+/// read whole from the worker first, and its connection goes back to the
+/// pool at once, so a slow client holds neither it nor the Python task that
+/// writes it. Others (larger, or streamed without a length: SSE, chunked)
+/// are streamed as usual.
+pub async fn buffered_to_client(
+    resp: Response<Incoming>,
+    mut in_flight: InFlight,
+    max: u64,
+    timeout: std::time::Duration,
+) -> Result<Response<GateBody>, BufferError> {
+    let fits = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= max);
+    if !fits {
+        return Ok(to_client(resp, in_flight));
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = tokio::time::timeout(timeout, body.collect())
+        .await
+        .map_err(|_| BufferError::TimedOut)??
+        .to_bytes();
+    if let Some(c) = &*UPSTREAM_BYTES {
+        c.inc_by(bytes.len() as u64);
+    }
+    if let Some(lease) = in_flight.take_lease() {
+        lease.done();
+    }
+    forwarding::strip_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, GateBody::full(bytes)))
+}
+
 pin_project_lite::pin_project! {
     /// A response body: the worker's stream, or a body the gate made itself.
     #[project = GateBodyProj]

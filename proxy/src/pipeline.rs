@@ -19,7 +19,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
 use crate::accesslog::{LoggedBody, RequestLog};
-use crate::body::{to_client, GateBody};
+use crate::body::{buffered_to_client, to_client, GateBody};
 use crate::cluster::SharedLimits;
 use crate::gate::router::{RouteEntry, Target};
 use crate::gate::Gate;
@@ -251,7 +251,18 @@ async fn process(
                     sent.in_flight,
                     client_side,
                 )?,
-                None => to_client(sent.response, sent.in_flight),
+                None => match route.conf.buffer_response {
+                    Some(max) => {
+                        Box::pin(buffered_to_client(
+                            sent.response,
+                            sent.in_flight,
+                            max,
+                            upstream.read_timeout,
+                        ))
+                        .await?
+                    }
+                    None => to_client(sent.response, sent.in_flight),
+                },
             }
         }
     };

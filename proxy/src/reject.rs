@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 use asgi_gate_filters::jwt::{self, AuthError};
 use asgi_gate_filters::limits::LimitError;
 
-use crate::body::GateBody;
+use crate::body::{BufferError, GateBody};
 use crate::gate::router::NoRoute;
 use crate::steps::compress::CompressError;
 use crate::steps::static_files::NotServed;
@@ -96,6 +96,15 @@ impl From<UpstreamError> for Reject {
                 Reject::BadRequest("the request body was cut off or malformed")
             }
             UpstreamError::BodyTimedOut => Reject::RequestTimeout,
+        }
+    }
+}
+
+impl From<BufferError> for Reject {
+    fn from(e: BufferError) -> Self {
+        match e {
+            BufferError::TimedOut => Reject::GatewayTimeout,
+            BufferError::Worker(_) => Reject::BadGateway,
         }
     }
 }

@@ -234,6 +234,29 @@ impl Ctx<'_> {
             }
         });
 
+        let static_route = matches!(target, Some(RouteTarget::Static(_)));
+        for (key, set) in [
+            ("buffer_request", raw.buffer_request.is_some()),
+            ("buffer_response", raw.buffer_response.is_some()),
+        ] {
+            if static_route && set {
+                self.at_key(
+                    &p.key(key),
+                    format!("`{key}` is for routes to an upstream: a static route has no worker"),
+                );
+            }
+        }
+        let buffer_response = match raw.buffer_response {
+            Some(Size(0)) => {
+                self.at_value(
+                    &p.key("buffer_response"),
+                    "buffer_response must be greater than zero (leave it out to stream every response)",
+                );
+                None
+            }
+            b => b.map(|s| s.0),
+        };
+
         let target = target?;
         ok.then_some(Route {
             path: raw.path,
@@ -254,6 +277,7 @@ impl Ctx<'_> {
             cors,
             websocket,
             buffer_request: raw.buffer_request.unwrap_or(true),
+            buffer_response,
         })
     }
 

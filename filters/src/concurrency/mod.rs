@@ -28,7 +28,10 @@
 //!   new `min_rtt`. The limit then returns at once to its value before the
 //!   probe. A probe also starts when the limit has sat at `min_limit` for 5
 //!   windows in a row (the `min_rtt` may be stale), and a probe that cannot
-//!   collect its samples within `max(probe_interval, 1 s)` ends with what it has.
+//!   collect its samples within `probe_timeout` (250 ms) ends with what it
+//!   has. A worker never measured (every probe timed out without a sample:
+//!   requests slower than a probe, such as long polls) is not limited
+//!   beyond `max_limit`: there is no latency to judge a limit by.
 //! - **gradient.** Between probes, successful latencies are collected in
 //!   windows of `sample_window` (or [`WINDOW_CAP`] samples, whichever comes
 //!   first; at least [`MIN_WINDOW_SAMPLES`]). Only requests sent after the
@@ -36,6 +39,9 @@
 //!   At the end of a window, with `sample_rtt` its median:
 //!   `gradient = clamp(tolerance × min_rtt / sample_rtt, 0.5, 2)` and
 //!   `limit = clamp(limit × gradient + √limit, min_limit, max_limit)`.
+//!   (No Gradient2-style smoothing: measured in the simulation below, a 0.2
+//!   smoothing took a CPU-bound worker 4.5 s instead of 0.8 s to settle and
+//!   doubled its p99.)
 //!   An increase is skipped when the window never had `limit / 2` requests in
 //!   flight: an idle worker's latency says nothing about a higher limit
 //!   (Gradient2's rule), so the limit does not drift to `max_limit` while idle.
@@ -99,6 +105,10 @@ pub struct Params {
     pub probe_jitter: f64,
     /// Uncontended samples a probe takes; their median is the min RTT (default 8, at most [`PROBE_CAP`]).
     pub probe_samples: usize,
+    /// Longest probe (default 250 ms): one that has not collected its
+    /// samples by then ends with those it has. Requests slower than this
+    /// cannot be measured uncontended without stalling the worker's queue.
+    pub probe_timeout: Duration,
     /// Length of a gradient window (default 100 ms).
     pub sample_window: Duration,
     /// How much slower than the min RTT a window's median may be before the
@@ -119,6 +129,7 @@ impl Default for Params {
             probe_interval: Duration::from_secs(5),
             probe_jitter: 0.15,
             probe_samples: 8,
+            probe_timeout: Duration::from_millis(250),
             sample_window: Duration::from_millis(100),
             tolerance: 1.5,
             drop_backoff: 0.9,
@@ -145,7 +156,9 @@ enum Phase {
     Gradient { next_probe: u64 },
     /// Measuring the min RTT at `min_limit`.
     Probe {
-        started: u64,
+        /// When the probe first had a request: an idle worker is not
+        /// timed out before any request came.
+        started: Option<u64>,
         /// When `in_flight` first fell to `min_limit`: requests sent from then on are uncontended.
         quiet_since: Option<u64>,
         /// The limit to return to.
@@ -158,10 +171,10 @@ enum Phase {
 pub struct Limiter {
     min_limit: usize,
     max_limit: usize,
-    initial_limit: f64,
     probe_interval: u64,
     probe_jitter: f64,
     probe_samples: usize,
+    probe_timeout: u64,
     sample_window: u64,
     tolerance: f64,
     drop_backoff: f64,
@@ -204,10 +217,10 @@ impl Limiter {
         let mut limiter = Limiter {
             min_limit,
             max_limit,
-            initial_limit: initial as f64,
             probe_interval: nanos(params.probe_interval),
             probe_jitter: fraction(params.probe_jitter, 0.0).clamp(0.0, 1.0),
             probe_samples: params.probe_samples.clamp(1, PROBE_CAP),
+            probe_timeout: nanos(params.probe_timeout),
             sample_window: nanos(params.sample_window),
             tolerance: fraction(params.tolerance, 1.5).clamp(1.0, 100.0),
             drop_backoff: {
@@ -268,6 +281,9 @@ impl Limiter {
         }
         self.in_flight += 1;
         self.window_max_in_flight = self.window_max_in_flight.max(self.in_flight);
+        if let Phase::Probe { started, .. } = &mut self.phase {
+            started.get_or_insert(now);
+        }
         true
     }
 
@@ -322,12 +338,15 @@ impl Limiter {
                     self.close_window(now);
                 }
             }
-            Phase::Probe { started, .. } => {
-                let timeout = self.probe_interval.max(1_000_000_000);
-                if now.saturating_sub(started) >= timeout {
+            Phase::Probe {
+                started: Some(started),
+                ..
+            } => {
+                if now.saturating_sub(started) >= self.probe_timeout {
                     self.end_probe(now);
                 }
             }
+            Phase::Probe { started: None, .. } => {}
         }
     }
 
@@ -349,7 +368,7 @@ impl Limiter {
     fn start_probe(&mut self, now: u64) {
         self.probe_len = 0;
         self.phase = Phase::Probe {
-            started: now,
+            started: (self.in_flight > 0).then_some(now),
             quiet_since: (self.in_flight <= self.min_limit).then_some(now),
             saved_limit: self.limit,
         };
@@ -360,10 +379,12 @@ impl Limiter {
             if self.probe_len > 0 {
                 self.min_rtt = Some(median(&mut self.probe[..self.probe_len]));
             }
+            // Never measured (requests slower than a probe): no basis for
+            // a limit, so none but the pool's, as with `concurrency: off`.
             self.limit = if self.min_rtt.is_some() {
                 saved_limit
             } else {
-                self.initial_limit
+                self.max_limit as f64
             };
         }
         self.probe_len = 0;

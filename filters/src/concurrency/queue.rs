@@ -5,8 +5,9 @@
 //! from a queue that merely stands by the rate at which requests join it:
 //!
 //! - **Normal (FIFO).** Requests wait in arrival order. One is refused at
-//!   once (a shed) only when its predicted wait, `position × rtt / Σ limit`,
-//!   is longer than `queue_timeout`; any waiter is refused when its own wait
+//!   once (a shed) only when its predicted wait, `position × the average
+//!   time between completions while requests wait`, is longer than
+//!   `queue_timeout`; any waiter is refused when its own wait
 //!   reaches `queue_timeout`. A closed population of clients (each sends its
 //!   next request when the last is answered, as `wrk -c64` or a pool of
 //!   application servers) makes a queue that stands, but whose arrivals
@@ -73,6 +74,10 @@ pub struct QueuePolicy {
     overload_max: u64,
     /// Average latency of successful requests, ns (0 until the first).
     rtt: f64,
+    /// Average time between completions while requests waited, ns (0
+    /// until known), and the last completion.
+    gap: f64,
+    last_completion: Option<u64>,
     regime: Regime,
     interval_start: u64,
     /// Requests that joined the queue, and completions, this interval.
@@ -82,6 +87,14 @@ pub struct QueuePolicy {
     grew: u32,
     quiet: u32,
     shed_in_interval: bool,
+}
+
+fn ewma(avg: f64, sample: f64) -> f64 {
+    if avg == 0.0 {
+        sample
+    } else {
+        avg + RTT_WEIGHT * (sample - avg)
+    }
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -96,6 +109,8 @@ impl QueuePolicy {
             standing_min: nanos(STANDING_MIN),
             overload_max: nanos(OVERLOAD_MAX),
             rtt: 0.0,
+            gap: 0.0,
+            last_completion: None,
             regime: Regime::Normal,
             interval_start: now,
             joined: 0,
@@ -106,17 +121,17 @@ impl QueuePolicy {
         }
     }
 
-    /// A request admitted earlier completed; `rtt` is its latency if it
-    /// succeeded.
-    pub fn completed(&mut self, rtt: Option<Duration>) {
+    /// A request admitted earlier completed at `now`; `rtt` is its latency
+    /// if it succeeded, and `waiting` requests were queued.
+    pub fn completed(&mut self, now: u64, rtt: Option<Duration>, waiting: usize) {
         self.completed += 1;
-        let Some(rtt) = rtt else { return };
-        let rtt = nanos(rtt) as f64;
-        self.rtt = if self.rtt == 0.0 {
-            rtt
-        } else {
-            self.rtt + RTT_WEIGHT * (rtt - self.rtt)
-        };
+        if let Some(last) = self.last_completion.filter(|_| waiting > 0) {
+            self.gap = ewma(self.gap, now.saturating_sub(last) as f64);
+        }
+        self.last_completion = Some(now);
+        if let Some(rtt) = rtt {
+            self.rtt = ewma(self.rtt, nanos(rtt) as f64);
+        }
     }
 
     /// Serve the newest waiter first.
@@ -163,8 +178,8 @@ impl QueuePolicy {
             waiting >= capacity
         } else {
             // Predicted wait: this request's turn comes after `waiting + 1`
-            // completions, which come `capacity` per `rtt`.
-            (waiting + 1) as f64 * self.rtt / capacity as f64 > self.timeout as f64
+            // completions.
+            (waiting + 1) as f64 * self.gap > self.timeout as f64
         };
         if shed {
             self.shed_in_interval = true;
@@ -234,7 +249,7 @@ mod tests {
     impl Sim {
         fn new(timeout: Duration, limit: usize, rtt: Duration) -> Sim {
             let mut policy = QueuePolicy::new(timeout, 0);
-            policy.completed(Some(rtt));
+            policy.completed(0, Some(rtt), 0);
             Sim {
                 policy,
                 queue: Default::default(),
@@ -264,7 +279,9 @@ mod tests {
 
         /// The worker finishes one request and takes the next waiter.
         fn complete(&mut self, now: u64) {
-            self.policy.completed(Some(Duration::from_millis(2)));
+            let waiting = self.queue.len();
+            self.policy
+                .completed(now, Some(Duration::from_millis(2)), waiting);
             let oldest = self.queue.front().copied();
             self.policy.tick(now, oldest, self.limit);
             if let Some((before, keep)) = self.policy.stale(now, self.limit) {
@@ -349,9 +366,11 @@ mod tests {
 
     #[test]
     fn without_overload_the_rule_is_the_predicted_wait() {
-        // 4 slots, 10 ms per request: the 2001st waiter would wait 5 s.
+        // A completion every 2.5 ms while requests wait: the 2001st waiter
+        // would wait 5 s.
         let mut p = QueuePolicy::new(Duration::from_secs(5), 0);
-        p.completed(Some(Duration::from_millis(10)));
+        p.completed(0, None, 1);
+        p.completed(2_500_000, Some(Duration::from_millis(10)), 1);
         assert_eq!(p.arrival(1, 1998, Some(0), 4), Arrival::Wait);
         assert_eq!(p.arrival(2, 2000, Some(0), 4), Arrival::Shed);
         // No latency known yet: nothing is predicted, the timeout decides.
@@ -402,11 +421,11 @@ mod tests {
     fn the_standing_threshold_follows_the_latency() {
         let mut p = QueuePolicy::new(Duration::from_secs(5), 0);
         assert_eq!(p.standing(), 50 * MS);
-        p.completed(Some(Duration::from_millis(100)));
+        p.completed(0, Some(Duration::from_millis(100)), 0);
         assert_eq!(p.standing(), 200 * MS);
-        p.completed(Some(Duration::MAX));
+        p.completed(1, Some(Duration::MAX), 0);
         assert!(p.standing() >= 200 * MS);
-        p.completed(None);
+        p.completed(2, None, 0);
         assert!(p.standing() >= 200 * MS);
     }
 

@@ -348,6 +348,7 @@ fn concurrency_limit_stays_in_bounds_on_any_input() {
             probe_interval: Duration::from_nanos(rng.next() % (10 * S)),
             probe_jitter: [0.0, 0.5, -1.0, f64::NAN, f64::INFINITY][case % 5],
             probe_samples: (rng.next() % 64) as usize,
+            probe_timeout: Duration::from_nanos(rng.next() % (2 * S)),
             sample_window: Duration::from_nanos(rng.next() % S),
             tolerance: [1.5, 0.0, -3.0, f64::NAN, 1e300][case % 5],
             drop_backoff: [0.9, 0.0, 1.0, f64::NAN, 7.0][(case / 5) % 5],
@@ -407,4 +408,34 @@ fn concurrency_idle_worker_does_not_drift_to_max() {
     simulate(Some(&mut lim), 1, 10 * S, 0, io_bound, |_, _| {});
     assert_eq!(lim.limit(), Params::default().initial_limit);
     assert_eq!(lim.min_rtt(), Some(Duration::from_millis(20)));
+}
+
+#[test]
+fn concurrency_a_worker_slower_than_a_probe_is_not_limited() {
+    // A long poll: the probe's one request does not come back within
+    // probe_timeout, so nothing was measured and the pool's cap rules.
+    let mut lim = Limiter::new(Params::default(), 0);
+    assert!(lim.try_acquire(0));
+    assert!(!lim.try_acquire(1), "a probe admits min_limit");
+    assert!(lim.try_acquire(S / 4 + 1));
+    assert!(!lim.probing());
+    assert_eq!(lim.limit(), Params::default().max_limit);
+    assert_eq!(lim.min_rtt(), None);
+}
+
+#[test]
+fn concurrency_a_probe_waits_for_traffic_before_it_times_out() {
+    // A gate that starts idle: the first probe is still on when the first
+    // requests come, long after probe_timeout, and measures them.
+    let mut lim = Limiter::new(Params::default(), 0);
+    assert!(lim.try_acquire(10 * S));
+    assert!(lim.probing());
+    for i in 0..8u64 {
+        let now = 10 * S + (i + 1) * 2 * MS;
+        lim.release(now, Duration::from_millis(2), Outcome::Success);
+        assert!(i == 7 || lim.try_acquire(now));
+    }
+    assert!(!lim.probing());
+    assert_eq!(lim.min_rtt(), Some(Duration::from_millis(2)));
+    assert_eq!(lim.limit(), Params::default().initial_limit);
 }

@@ -204,6 +204,7 @@ mod tests {
             cors: RouteCors::Inherit,
             websocket: None,
             buffer_request: true,
+            buffer_response: None,
         }
     }
 

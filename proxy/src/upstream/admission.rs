@@ -96,7 +96,8 @@ impl Admission {
                     min_limit: conf.min,
                     max_limit: conf.max,
                     // Each worker its own probe schedule.
-                    seed: 0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0xBF58_476D_1CE4_E5B9),
+                    seed: 0x9E37_79B9_7F4A_7C15
+                        ^ (i as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
                     ..Params::default()
                 };
                 Limiter::new(params, 0)
@@ -201,8 +202,9 @@ impl Admission {
         if let Some(l) = st.limiters.get_mut(worker) {
             l.release(now, rtt, outcome);
         }
+        let waiting = st.queue.len();
         st.policy
-            .completed((outcome == Outcome::Success).then_some(rtt));
+            .completed(now, (outcome == Outcome::Success).then_some(rtt), waiting);
         self.dispatch(&mut st, now);
     }
 
