@@ -239,7 +239,12 @@ async fn process(
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
-            let sent = upstream.send(Request::from_parts(parts, body)).await?;
+            // WebSocket handshakes skip the queue: a session is no load
+            // the limit can measure, and a burst of reconnects is not overload.
+            let admit = on_upgrade.is_none();
+            let sent = upstream
+                .send(Request::from_parts(parts, body), admit)
+                .await?;
             log.socket = Some(sent.socket);
             log.queued = Some(sent.queued);
             match on_upgrade {

@@ -20,7 +20,9 @@
 //! gradient controller, in the Envoy HTTP filter docs), with the headroom and
 //! "application-limited" rule of Netflix concurrency-limits' `Gradient2Limit`:
 //!
-//! - **min-RTT probe.** Every `probe_interval` (plus a seeded random jitter of
+//! - **min-RTT probe.** One when the first requests come, a second 1 s after
+//!   the first that measured something (a worker's first requests are its
+//!   slowest), then every `probe_interval` (plus a seeded random jitter of
 //!   up to `probe_jitter × probe_interval`, so that the workers of a gate do
 //!   not probe together) the limit drops to `min_limit`. Once the requests
 //!   sent before the drop have drained (`in_flight ≤ min_limit`), the next
@@ -179,6 +181,9 @@ pub struct Limiter {
     tolerance: f64,
     drop_backoff: f64,
     rng: u64,
+    /// Probes that measured something; the first is followed by a second
+    /// after at most 1 s (a worker's first requests are its slowest).
+    measured: u32,
 
     limit: f64,
     in_flight: usize,
@@ -233,6 +238,7 @@ impl Limiter {
             },
             // xorshift needs a non-zero state.
             rng: params.seed | 1,
+            measured: 0,
             limit: initial as f64,
             in_flight: 0,
             min_rtt: None,
@@ -378,6 +384,7 @@ impl Limiter {
         if let Phase::Probe { saved_limit, .. } = self.phase {
             if self.probe_len > 0 {
                 self.min_rtt = Some(median(&mut self.probe[..self.probe_len]));
+                self.measured = self.measured.saturating_add(1);
             }
             // Never measured (requests slower than a probe): no basis for
             // a limit, so none but the pool's, as with `concurrency: off`.
@@ -389,11 +396,13 @@ impl Limiter {
         }
         self.probe_len = 0;
         self.windows_at_min = 0;
-        let jitter = (self.probe_interval as f64 * self.probe_jitter * self.next_unit()) as u64;
+        let interval = match self.measured {
+            1 => self.probe_interval.min(1_000_000_000),
+            _ => self.probe_interval,
+        };
+        let jitter = (interval as f64 * self.probe_jitter * self.next_unit()) as u64;
         self.phase = Phase::Gradient {
-            next_probe: now
-                .saturating_add(self.probe_interval)
-                .saturating_add(jitter),
+            next_probe: now.saturating_add(interval).saturating_add(jitter),
         };
         self.reset_window(now);
     }

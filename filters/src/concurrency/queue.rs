@@ -1,32 +1,35 @@
 //! The queue in front of the limit: whether a request that finds every
 //! worker at its limit may wait, and in which order waiting requests go.
 //!
-//! Normal, the queue is FIFO; overloaded, LIFO. Overload is told apart
-//! from a queue that merely stands by the rate at which requests join it:
+//! Normal, the queue is FIFO; when it keeps growing, LIFO; when it keeps
+//! growing still, it also sheds. Growth is measured by the rate at which
+//! requests join the queue against the rate the workers complete them:
 //!
 //! - **Normal (FIFO).** Requests wait in arrival order. One is refused at
 //!   once (a shed) only when its predicted wait, `position × the average
 //!   time between completions while requests wait`, is longer than
-//!   `queue_timeout`; any waiter is refused when its own wait
-//!   reaches `queue_timeout`. A closed population of clients (each sends its
-//!   next request when the last is answered, as `wrk -c64` or a pool of
+//!   `queue_timeout`; any waiter is refused when its own wait reaches
+//!   `queue_timeout`. A closed population of clients (each sends its next
+//!   request when the last is answered, as `wrk -c64` or a pool of
 //!   application servers) makes a queue that stands, but whose arrivals
 //!   match the worker's completions: it is served in order, every request
 //!   answered, even while the limit dips for a min-RTT probe.
-//! - **Overload (LIFO).** When, through two intervals in a row, more
-//!   requests joined the queue than the worker completed (by more than
+//! - **LIFO.** When, through two 50 ms intervals in a row, more requests
+//!   joined the queue than the workers completed (by more than
 //!   `max(Σ limit, 8)`) and the oldest waiter has waited longer than the
-//!   standing threshold (`max(standing_min, 2 × rtt)`), arrivals outpace the
-//!   worker: the queue can only end in timeouts, and FIFO would make every
-//!   request wait the longest. Then the newest waiter is served first, at
-//!   most `Σ limit` requests wait (the rest are refused on arrival, in
-//!   microseconds), and waiters older than the standing threshold are
-//!   refused. Served requests wait about one completion.
-//! - **Recovering (LIFO, normal refusals).** Overload ends after an interval
+//!   standing threshold (`max(standing_min, 2 × rtt)`), the newest waiter
+//!   is served first: it is the one whose client is still most likely to be
+//!   waiting, and a burst (clients connecting at once) is served without
+//!   making everyone wait for all of it. Nothing more is refused. Two
+//!   intervals without growth return to FIFO.
+//! - **Overload (LIFO and shedding).** When the growth lasts
+//!   [`OVERLOAD_INTERVALS`] intervals (300 ms), arrivals outpace the workers
+//!   and the queue could only end in timeouts: at most `Σ limit` requests
+//!   wait, the rest are refused on arrival in microseconds, and waiters
+//!   older than the standing threshold are refused. Served requests wait
+//!   about one completion. Overload returns to LIFO after an interval
 //!   without a refusal, or after [`OVERLOAD_MAX`] in any case (clients that
-//!   resend at once when refused would otherwise keep it on forever). Two
-//!   intervals without growth return to normal; growth with a standing
-//!   queue returns to overload, newest first all along.
+//!   resend the moment they are refused would otherwise keep it on).
 //!
 //! The idea is Facebook's "adaptive LIFO" with a CoDel-style standing-queue
 //! test (Maurer, "Fail at Scale", ACM Queue 13(8), 2015; Nichols and
@@ -43,9 +46,12 @@ pub const INTERVAL: Duration = Duration::from_millis(50);
 /// Lowest standing threshold.
 pub const STANDING_MIN: Duration = Duration::from_millis(50);
 /// Longest overload before the policy looks again with normal refusals.
-pub const OVERLOAD_MAX: Duration = Duration::from_secs(2);
-/// Intervals in a row that change the regime.
-const INTERVALS: u32 = 2;
+pub const OVERLOAD_MAX: Duration = Duration::from_secs(10);
+/// Intervals of growth in a row that turn the queue LIFO, and that make
+/// it shed; intervals without growth that turn it FIFO again.
+const LIFO_INTERVALS: u32 = 2;
+pub const OVERLOAD_INTERVALS: u32 = 6;
+const QUIET_INTERVALS: u32 = 2;
 /// Least surplus of arrivals over completions in an interval that counts
 /// as growth: clients come and go by a few.
 const MIN_GROWTH: u64 = 8;
@@ -62,8 +68,8 @@ pub enum Arrival {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Regime {
     Normal,
+    Lifo,
     Overload { since: u64 },
-    Recovering,
 }
 
 #[derive(Debug, Clone)]
@@ -204,17 +210,17 @@ impl QueuePolicy {
             self.quiet += 1;
         }
         self.regime = match self.regime {
-            Regime::Normal | Regime::Recovering if self.grew >= INTERVALS && standing => {
-                self.grew = 0;
+            Regime::Normal if self.grew >= LIFO_INTERVALS && standing => Regime::Lifo,
+            Regime::Lifo if self.grew >= OVERLOAD_INTERVALS && standing => {
                 Regime::Overload { since: now }
             }
-            Regime::Recovering if self.quiet >= INTERVALS => Regime::Normal,
+            Regime::Lifo if self.quiet >= QUIET_INTERVALS => Regime::Normal,
             Regime::Overload { since }
                 if !self.shed_in_interval || now.saturating_sub(since) >= self.overload_max =>
             {
                 self.grew = 0;
                 self.quiet = 0;
-                Regime::Recovering
+                Regime::Lifo
             }
             r => r,
         };
@@ -401,6 +407,26 @@ mod tests {
     }
 
     #[test]
+    fn clients_connecting_over_200_ms_are_never_shed() {
+        // 200 clients join over 200 ms (a load tool opening its
+        // connections), then each sends again when answered.
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        let service = MS / 2;
+        let (mut now, mut joined) = (0, 0);
+        while now < 10_000 * MS {
+            now += service;
+            sim.complete(now);
+            sim.arrive(now);
+            if joined < 200 && now % MS == 0 {
+                sim.arrive(now);
+                joined += 1;
+            }
+        }
+        assert_eq!(sim.sheds, 0);
+        assert!(!sim.policy.lifo());
+    }
+
+    #[test]
     fn a_burst_that_stops_growing_is_not_overload() {
         // 500 requests at once, then a closed loop: one growth interval only.
         let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
@@ -458,10 +484,10 @@ mod tests {
         // ...then 300 clients, each sending again at once when answered,
         // 503 included: arrivals stay far above completions.
         let mut now = 1_000 * MS;
-        let mut sheds_at_5s = 0;
+        let mut sheds_at_12s = 0;
         // Clients not waiting in the queue (nor in the worker's 4 slots).
         let mut retrying = 300usize.saturating_sub(sim.queue.len() + 4);
-        while now < 10_000 * MS {
+        while now < 16_000 * MS {
             now += service;
             sim.complete(now);
             retrying += 1;
@@ -476,11 +502,11 @@ mod tests {
                 }
                 retrying = still;
             }
-            if now <= 5_000 * MS {
-                sheds_at_5s = sim.sheds;
+            if now <= 12_000 * MS {
+                sheds_at_12s = sim.sheds;
             }
         }
-        assert!(!sim.policy.lifo(), "still overloaded or recovering");
-        assert_eq!(sim.sheds, sheds_at_5s, "still shedding after 5 s");
+        assert!(!sim.policy.lifo(), "still overloaded or LIFO");
+        assert_eq!(sim.sheds, sheds_at_12s, "still shedding after 12 s");
     }
 }

@@ -38,8 +38,30 @@ struct State {
     limiters: Vec<Limiter>,
     policy: QueuePolicy,
     /// Oldest first. Entries whose request has gone (timed out, client
-    /// closed) stay until they reach an end; they are skipped there.
+    /// closed) stay until they reach an end or the ticker's sweep.
     queue: VecDeque<Waiter>,
+    /// A [`ticker`] runs while requests wait.
+    ticking: bool,
+}
+
+/// How often a non-empty queue is looked at without a release: a limit
+/// can rise with time alone (a probe that ends, a window that closes).
+const TICK: Duration = Duration::from_millis(50);
+
+/// Dispatches the queue every [`TICK`] while it has waiters, and sweeps
+/// out the entries of requests that have gone.
+async fn ticker(admission: Arc<Admission>) {
+    loop {
+        tokio::time::sleep(TICK).await;
+        let now = admission.now();
+        let mut st = admission.lock();
+        st.queue.retain(|w| !w.tx.is_closed());
+        admission.dispatch(&mut st, now);
+        if st.queue.is_empty() {
+            st.ticking = false;
+            return;
+        }
+    }
 }
 
 /// Prometheus series of one upstream's queue (its gauges are read at
@@ -113,6 +135,7 @@ impl Admission {
                 limiters,
                 policy: QueuePolicy::new(conf.queue_timeout, 0),
                 queue: VecDeque::new(),
+                ticking: false,
             }),
             healthy,
             origin,
@@ -153,6 +176,10 @@ impl Admission {
             st.queue.push_back(Waiter { tx, since: now });
             // A limit may have risen since the last release.
             self.dispatch(&mut st, now);
+            if !st.ticking && !st.queue.is_empty() {
+                st.ticking = true;
+                tokio::spawn(ticker(self.clone()));
+            }
             (rx, st.policy.timeout())
         };
         let started = Instant::now();

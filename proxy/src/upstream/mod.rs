@@ -303,14 +303,19 @@ impl Upstream {
     /// First the request takes a slot under the chosen worker's concurrency
     /// limit, waiting at the gate if every worker is at its limit; the slot
     /// is given back when the response head arrives. Retries on other
-    /// workers do not wait again.
-    pub async fn send(&self, mut req: Request<RequestBody>) -> Result<Sent, UpstreamError> {
+    /// workers do not wait again, and requests with `admit` false
+    /// (WebSocket handshakes) do not wait at all.
+    pub async fn send(
+        &self,
+        mut req: Request<RequestBody>,
+        admit: bool,
+    ) -> Result<Sent, UpstreamError> {
         let (permit, queued) = match &self.admission {
-            Some(a) => {
+            Some(a) if admit => {
                 let (p, waited) = Box::pin(a.acquire()).await?;
                 (Some(p), waited)
             }
-            None => (None, Duration::ZERO),
+            _ => (None, Duration::ZERO),
         };
         let (index, worker) = match &permit {
             Some(p) => self

@@ -174,7 +174,7 @@ async fn a_returned_connection_is_reused() {
     let w = TestWorker::start();
     let up = upstream(&w, 4);
 
-    let first = up.send(get()).await.unwrap();
+    let first = up.send(get(), true).await.unwrap();
     assert_eq!(w.seen.accepted(), 1, "a fresh pool opens one socket");
     let state = up.pool_state();
     assert_eq!((state.busy, state.idle, state.waiting), (1, 0, 0));
@@ -182,7 +182,7 @@ async fn a_returned_connection_is_reused() {
     let state = up.pool_state();
     assert_eq!((state.busy, state.idle, state.waiting), (0, 1, 0));
 
-    let b = finish(up.send(get()).await.unwrap()).await;
+    let b = finish(up.send(get(), true).await.unwrap()).await;
     assert_eq!(b, a, "the idle connection is reused");
     assert_eq!(w.seen.accepted(), 1);
     assert_eq!(up.pool_state().idle, 1);
@@ -206,7 +206,7 @@ async fn an_idle_connection_past_idle_timeout_is_closed() {
 
     // The connection's idle time starts between these two.
     let before = Instant::now();
-    let first = finish(up.send(get()).await.unwrap()).await;
+    let first = finish(up.send(get(), true).await.unwrap()).await;
     let after = Instant::now();
     pool.reap();
     if before.elapsed() < idle_timeout {
@@ -223,13 +223,13 @@ async fn an_idle_connection_past_idle_timeout_is_closed() {
     // The socket's permit goes with it.
     until("the pool to count it closed", || up.pool_state().idle == 0).await;
 
-    let second = finish(up.send(get()).await.unwrap()).await;
+    let second = finish(up.send(get(), true).await.unwrap()).await;
     assert_ne!(second, first);
     assert_eq!(w.seen.accepted(), 2);
 
     // Not reaped, only too old: a checkout passes it over (and drops it).
     tokio::time::sleep(idle_timeout).await;
-    let third = finish(up.send(get()).await.unwrap()).await;
+    let third = finish(up.send(get(), true).await.unwrap()).await;
     assert_ne!(third, second, "an expired idle connection is not reused");
     until("the expired one to be closed", || w.seen.closed() == 2).await;
 }
@@ -243,13 +243,13 @@ async fn a_request_at_max_connections_waits_for_a_returned_one() {
     let w = TestWorker::start();
     let up = upstream(&w, 2);
 
-    let a = up.send(get()).await.unwrap();
-    let b = up.send(get()).await.unwrap();
+    let a = up.send(get(), true).await.unwrap();
+    let b = up.send(get(), true).await.unwrap();
     assert_eq!(w.seen.accepted(), 2);
     let a_conn = conn_of(&a);
 
     let up2 = up.clone();
-    let third = tokio::spawn(async move { up2.send(get()).await });
+    let third = tokio::spawn(async move { up2.send(get(), true).await });
     until("the third request to wait", || up.pool_state().waiting == 1).await;
     for _ in 0..20 {
         tokio::task::yield_now().await;
@@ -285,10 +285,10 @@ async fn a_request_at_max_connections_fails_busy_after_connect_timeout() {
     );
     let up = Upstream::new("test", &c);
 
-    let a = up.send(get()).await.unwrap();
-    let b = up.send(get()).await.unwrap();
+    let a = up.send(get(), true).await.unwrap();
+    let b = up.send(get(), true).await.unwrap();
     let started = Instant::now();
-    let third = tokio::time::timeout(Duration::from_secs(1), up.send(get()))
+    let third = tokio::time::timeout(Duration::from_secs(1), up.send(get(), true))
         .await
         .expect("the wait ends at connect_timeout");
     assert_eq!(third.err(), Some(UpstreamError::Busy));
@@ -311,7 +311,7 @@ async fn a_connection_seen_closed_is_not_reused() {
     let w = TestWorker::start();
     let up = upstream(&w, 4);
 
-    let first = finish(up.send(get()).await.unwrap()).await;
+    let first = finish(up.send(get(), true).await.unwrap()).await;
     w.seen.drop_all.notify_waiters();
     // Its task ended and dropped the socket, and with it the permit.
     until("the pool to see the socket closed", || {
@@ -319,7 +319,7 @@ async fn a_connection_seen_closed_is_not_reused() {
     })
     .await;
 
-    let second = finish(up.send(get()).await.unwrap()).await;
+    let second = finish(up.send(get(), true).await.unwrap()).await;
     assert_ne!(second, first);
     assert_eq!(w.seen.accepted(), 2);
 }
@@ -337,12 +337,12 @@ async fn a_reused_connection_found_closed_is_retried() {
     let w = TestWorker::start();
     let up = upstream(&w, 4);
 
-    let first = finish(up.send(get()).await.unwrap()).await;
+    let first = finish(up.send(get(), true).await.unwrap()).await;
     w.seen.drop_all.notify_waiters();
     w.seen.gone.notified().await;
     assert_eq!(up.pool_state().idle, 1, "the pool has not seen it yet");
 
-    let second = finish(up.send(get()).await.unwrap()).await;
+    let second = finish(up.send(get(), true).await.unwrap()).await;
     assert_ne!(second, first);
     assert_eq!(w.seen.accepted(), 2);
 }
