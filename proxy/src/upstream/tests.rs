@@ -373,7 +373,7 @@ async fn a_refused_connect_goes_to_another_worker() {
         let mut req = get();
         *req.method_mut() = method.clone();
 
-        let sent = up.send(req).await.unwrap();
+        let sent = up.send(req, true).await.unwrap();
         assert_eq!(*sent.socket, live.path, "{method}");
         finish(sent).await;
         assert!(
