@@ -20,9 +20,10 @@
 //! gradient controller, in the Envoy HTTP filter docs), with the headroom and
 //! "application-limited" rule of Netflix concurrency-limits' `Gradient2Limit`:
 //!
-//! - **min-RTT probe.** One when the first requests come, a second 1 s after
-//!   the first that measured something (a worker's first requests are its
-//!   slowest), then every `probe_interval` (plus a seeded random jitter of
+//! - **min-RTT probe.** One when the first requests come, the next ones 1 s
+//!   apart until two have measured something (a worker's first requests are
+//!   its slowest; at most [`EARLY_PROBES`] of them), then every
+//!   `probe_interval` (plus a seeded random jitter of
 //!   up to `probe_jitter × probe_interval`, so that the workers of a gate do
 //!   not probe together) the limit drops to `min_limit`. Once the requests
 //!   sent before the drop have drained (`in_flight ≤ min_limit`), the next
@@ -90,6 +91,8 @@ pub const PROBE_CAP: usize = 32;
 /// Windows in a row at `min_limit` that start a probe early.
 const WINDOWS_AT_MIN_BEFORE_PROBE: u32 = 5;
 const MIN_GRADIENT: f64 = 0.5;
+/// Probes that may come early (1 s apart) while the worker is not yet measured twice.
+const EARLY_PROBES: u32 = 4;
 const MAX_GRADIENT: f64 = 2.0;
 
 /// The limiter's settings. [`Default`] gives the values named on each field.
@@ -184,6 +187,7 @@ pub struct Limiter {
     /// Probes that measured something; the first is followed by a second
     /// after at most 1 s (a worker's first requests are its slowest).
     measured: u32,
+    probes: u32,
 
     limit: f64,
     in_flight: usize,
@@ -239,6 +243,7 @@ impl Limiter {
             // xorshift needs a non-zero state.
             rng: params.seed | 1,
             measured: 0,
+            probes: 0,
             limit: initial as f64,
             in_flight: 0,
             min_rtt: None,
@@ -396,9 +401,14 @@ impl Limiter {
         }
         self.probe_len = 0;
         self.windows_at_min = 0;
-        let interval = match self.measured {
-            1 => self.probe_interval.min(1_000_000_000),
-            _ => self.probe_interval,
+        // Until two probes have measured the worker, the next comes within
+        // 1 s (for at most the first few: a worker slower than a probe
+        // would otherwise stall every second).
+        self.probes = self.probes.saturating_add(1);
+        let interval = if self.measured < 2 && self.probes < EARLY_PROBES {
+            self.probe_interval.min(1_000_000_000)
+        } else {
+            self.probe_interval
         };
         let jitter = (interval as f64 * self.probe_jitter * self.next_unit()) as u64;
         self.phase = Phase::Gradient {
