@@ -25,9 +25,9 @@ use crate::gate::tls::Tls;
 use crate::gate::{Gate, Shared};
 
 mod accept;
+mod config_watch;
 mod connection;
 pub mod deadlines;
-mod config_watch;
 
 use accept::{accept_loop, OpenConns};
 
