@@ -21,6 +21,7 @@ mod reject;
 mod server;
 mod steps;
 mod supervisor;
+mod tls_client;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -89,6 +90,9 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // redis-rs builds its rustls config (rediss://) on the process default
+    // provider: make it aws-lc, like every other TLS config here.
+    let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
     if let Some(Command::Run(args)) = cli.command {
         return run(cli.config.as_deref(), args, cli.watch);
     }
