@@ -8,6 +8,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v openssl >/dev/null || missing+=(openssl)
 # Shared revocations are tested against a real Redis (redis-server brings redis-cli).
 command -v redis-server >/dev/null || missing+=(redis-server)
+# kubectl (deploy checks) is not here: Debian 12 has no kubectl package, and
+# its kubernetes-client 1.20 embeds kustomize 2.0, too old for the manifests.
+# scripts/setup-deploy-tools.sh installs a pinned one from PyPI instead.
 if ((${#missing[@]} == 0)); then
     echo "system packages: all present"
     exit 0

@@ -21,6 +21,7 @@ mod reject;
 mod server;
 mod steps;
 mod supervisor;
+mod tls_client;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,10 @@ struct Cli {
     /// No access log (metrics are still counted).
     #[arg(long = "no-access-log", global = true)]
     no_access_log: bool,
+    /// Reload when the config file or a TLS listener's certificate changes,
+    /// watching their directories (a Kubernetes ConfigMap or Secret volume).
+    #[arg(long = "watch", global = true)]
+    watch: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -85,8 +90,11 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // redis-rs builds its rustls config (rediss://) on the process default
+    // provider: make it aws-lc, like every other TLS config here.
+    let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
     if let Some(Command::Run(args)) = cli.command {
-        return run(cli.config.as_deref(), args);
+        return run(cli.config.as_deref(), args, cli.watch);
     }
     let Some(path) = cli.config else {
         eprintln!("asgi-gate: a config file is required: asgi-gate -c gate.yaml");
@@ -112,14 +120,14 @@ fn main() -> ExitCode {
                 );
                 accesslog::init(format);
             }
-            let code = serve(&path);
+            let code = serve(&path, cli.watch);
             accesslog::flush();
             code
         }
     }
 }
 
-fn serve(path: &std::path::Path) -> ExitCode {
+fn serve(path: &std::path::Path, watch: bool) -> ExitCode {
     init_logging();
     let cfg = match asgi_gate_config::load(path, LoadOptions::default()) {
         Ok(cfg) => cfg,
@@ -135,6 +143,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         path: Some(path.to_path_buf()),
         opts: LoadOptions::default(),
         adjust: Box::new(|_| {}),
+        watch,
     };
     match runtime.block_on(server::serve(cfg, source)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,7 +156,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
 
 /// `asgi-gate run`: the config (built-in without `-c`), then the workers,
 /// then the server; on SIGTERM/SIGINT the server drains before the workers stop.
-fn run(path: Option<&Path>, args: RunArgs) -> ExitCode {
+fn run(path: Option<&Path>, args: RunArgs, watch: bool) -> ExitCode {
     init_logging();
     if let Err(e) = supervisor::check_command(&args.command) {
         eprintln!("asgi-gate: {e}");
@@ -172,7 +181,7 @@ fn run(path: Option<&Path>, args: RunArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let path = path.map(Path::to_path_buf);
-    runtime.block_on(supervised(cfg, path, args.command, workers))
+    runtime.block_on(supervised(cfg, path, args.command, workers, watch))
 }
 
 async fn supervised(
@@ -180,6 +189,7 @@ async fn supervised(
     path: Option<PathBuf>,
     command: Vec<String>,
     workers: usize,
+    watch: bool,
 ) -> ExitCode {
     // One signal watcher for the whole run, so a signal during start-up is not lost.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -234,6 +244,7 @@ async fn supervised(
                 up.sockets = sockets.clone();
             }
         }),
+        watch,
     };
     let served = server::serve_until(cfg, source, stopped(stop)).await;
     sup.shutdown(grace).await;

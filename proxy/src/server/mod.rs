@@ -25,6 +25,7 @@ use crate::gate::tls::Tls;
 use crate::gate::{Gate, Shared};
 
 mod accept;
+mod config_watch;
 mod connection;
 pub mod deadlines;
 
@@ -41,6 +42,8 @@ pub enum ServeError {
     Gate(#[from] crate::gate::GateError),
     #[error("{0}")]
     Tls(#[from] crate::gate::tls::TlsError),
+    #[error("--watch: {0}")]
+    Watch(std::io::Error),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -55,6 +58,8 @@ pub struct ConfigSource {
     pub opts: LoadOptions,
     /// Applied to every reloaded config (supervisor mode fills in sockets).
     pub adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
+    /// `--watch`: reload when the file (or a TLS listener's) changes.
+    pub watch: bool,
 }
 
 /// Serves until SIGTERM/SIGINT, then drains for up to `shutdown_grace`.
@@ -89,6 +94,18 @@ pub async fn serve_until(
         }
         listeners.push((listener, tls));
     }
+    // The config file, then each TLS listener's files (re-read on reload).
+    let watched: Vec<PathBuf> = match (&source.path, source.watch) {
+        (Some(p), true) => std::iter::once(p.clone())
+            .chain(
+                cfg.listen
+                    .iter()
+                    .filter_map(|l| l.tls.as_ref())
+                    .flat_map(|t| [t.cert.clone(), t.key.clone()]),
+            )
+            .collect(),
+        _ => Vec::new(),
+    };
     let shared = Arc::new(Shared::new(
         gate,
         cfg.clone(),
@@ -103,6 +120,14 @@ pub async fn serve_until(
 
     tokio::spawn(rate_limit_housekeeping(shared.clone()));
     tokio::spawn(reload_on_sighup(shared.clone()));
+    if !watched.is_empty() {
+        match config_watch::start(shared.clone(), watched) {
+            Ok(task) => {
+                tokio::spawn(task);
+            }
+            Err(e) => return Err(ServeError::Watch(e)),
+        }
+    }
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         shared.clone(),

@@ -13,10 +13,6 @@ use asgi_gate_filters::jwt::{self, JwtAlgorithm, KeySource, PolicyError, PolicyP
 use asgi_gate_filters::revocation::{
     KeyHash, LogEvent, LogKey, RevocationList, RevocationLog, RevokeOutcome,
 };
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::Notify;
 
 use crate::clock::unix_now;
@@ -189,28 +185,14 @@ pub async fn jwks_refresher(weak: std::sync::Weak<AuthSlot>) {
     }
 }
 
-/// GET the JWKS document; returns it and the Cache-Control max-age.
+/// GET the JWKS document (http or https); returns it and the
+/// Cache-Control max-age.
 async fn fetch_jwks(url: &str) -> Result<(String, Option<Duration>), String> {
-    let uri: http::Uri = url.parse().map_err(|_| "invalid URL".to_string())?;
-    if uri.scheme_str() != Some("http") {
-        return Err("only http:// JWKS URLs are supported until TLS lands in this build".into());
-    }
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = http::Request::get(uri)
-        .header(http::header::ACCEPT, "application/json")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(JWKS_TIMEOUT, client.request(req))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status()));
-    }
-    let max_age = resp
-        .headers()
-        .get(http::header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
+    let got =
+        crate::tls_client::get(url, asgi_gate_filters::jwt::MAX_JWKS_BYTES, JWKS_TIMEOUT).await?;
+    let max_age = got
+        .cache_control
+        .as_deref()
         .and_then(|s| {
             s.split(',').find_map(|d| {
                 d.trim()
@@ -219,13 +201,7 @@ async fn fetch_jwks(url: &str) -> Result<(String, Option<Duration>), String> {
             })
         })
         .map(Duration::from_secs);
-    let body = Limited::new(resp.into_body(), asgi_gate_filters::jwt::MAX_JWKS_BYTES);
-    let bytes = tokio::time::timeout(JWKS_TIMEOUT, body.collect())
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let doc = String::from_utf8(bytes.to_vec()).map_err(|_| "not UTF-8".to_string())?;
+    let doc = String::from_utf8(got.body.to_vec()).map_err(|_| "not UTF-8".to_string())?;
     Ok((doc, max_age))
 }
 
