@@ -110,6 +110,21 @@ async fn an_io_bound_endpoint_is_not_throttled() {
     );
 }
 
+/// 128 clients on a 50 ms await: at a min-RTT probe the limit dips to 1
+/// while about 127 wait, and `waiting × rtt / limit` (6 s) is past
+/// `queue_timeout`; a queue that read the dip as the worker's capacity
+/// refused them (60% of all requests answered 503 in 8 s, the clients'
+/// immediate resends then keeping the queue in overload).
+#[tokio::test]
+async fn a_closed_population_is_not_shed_at_a_min_rtt_probe() {
+    let _one = LOAD.lock().await;
+    let w = Worker::start().await;
+    let g = Gate::start(&config(&w.sock, "", "")).await;
+    // Past the first probe after the start-up one (5 s plus jitter).
+    let (ok, other) = closed_loop(g.addr, "/slow?ms=50", 128, Duration::from_secs(7)).await;
+    assert_eq!(other, 0, "{other} of {} requests refused", ok + other);
+}
+
 #[tokio::test]
 async fn a_request_that_waits_queue_timeout_gets_503_with_retry_after() {
     let w = Worker::start().await;
