@@ -113,6 +113,21 @@ async fn an_io_bound_endpoint_is_not_throttled() {
     );
 }
 
+/// 128 clients on a 50 ms await: at a min-RTT probe the limit dips to 1
+/// while about 127 wait, and `waiting × rtt / limit` (6 s) is past
+/// `queue_timeout`; a queue that read the dip as the worker's capacity
+/// refused them (60% of all requests answered 503 in 8 s, the clients'
+/// immediate resends then keeping the queue in overload).
+#[tokio::test]
+async fn a_closed_population_is_not_shed_at_a_min_rtt_probe() {
+    let _one = LOAD.lock().await;
+    let w = Worker::start().await;
+    let g = Gate::start(&config(&w.sock, "", "")).await;
+    // Past the first probe after the start-up one (5 s plus jitter).
+    let (ok, other) = closed_loop(g.addr, "/slow?ms=50", 128, Duration::from_secs(7)).await;
+    assert_eq!(other, 0, "{other} of {} requests refused", ok + other);
+}
+
 #[tokio::test]
 async fn a_request_that_waits_queue_timeout_gets_503_with_retry_after() {
     let w = Worker::start().await;
@@ -244,6 +259,52 @@ async fn with_buffer_request_false_a_slow_upload_holds_the_slot() {
         fast, 0,
         "{fast} GETs got through while the upload held the slot"
     );
+}
+
+/// A streamed upload (`buffer_request: false`) whose chunked body turns
+/// malformed halfway fails the worker request; that is the client's doing,
+/// and must not shrink the worker's limit as a dropped request does.
+#[tokio::test]
+async fn a_malformed_streamed_body_does_not_shrink_the_limit() {
+    let w = Worker::start().await;
+    let yaml = format!(
+        "listen:\n  - address: 127.0.0.1:0\n\
+         admin:\n  address: 127.0.0.1:0\n\
+         upstreams:\n  app:\n    sockets: [\"{}\"]\n    concurrency: {{min: 2, max: 16}}\n\
+         routes:\n  - path: /{{*rest}}\n    upstream: app\n    buffer_request: false\n",
+        w.sock.display()
+    );
+    let g = Gate::start(&yaml).await;
+    // The start-up probe ends after 8 uncontended answers; the limit is
+    // then its initial 4 until the next probe, 5 s on.
+    for _ in 0..10 {
+        assert_eq!(get(g.addr, "/hello").await.status, 200);
+    }
+    let limit =
+        || async { metric_values(g.admin, "asgi_gate_upstream_concurrency_limit{").await[0] };
+    assert_eq!(limit().await, 4.0);
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(g.addr).await.unwrap();
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.write_all(b"zz\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut answer),
+        )
+        .await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 400"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert_eq!(limit().await, 4.0, "the limit after 10 malformed bodies");
 }
 
 /// `name{labels} value` lines of the admin's /metrics starting with `prefix`.

@@ -268,6 +268,20 @@ impl Limiter {
         }
     }
 
+    /// The limit outside a min-RTT probe: during a probe, the one it
+    /// returns to. A probe's dip lasts a few uncontended requests; a queue
+    /// that predicts waits or tells overload by this worker's capacity
+    /// must not read the dip as the capacity (it would refuse a standing
+    /// closed population on every probe).
+    pub fn steady_limit(&self) -> usize {
+        match self.phase {
+            Phase::Probe { saved_limit, .. } => {
+                (saved_limit as usize).clamp(self.min_limit, self.max_limit)
+            }
+            Phase::Gradient { .. } => self.limit(),
+        }
+    }
+
     /// Requests admitted and not yet released.
     pub fn in_flight(&self) -> usize {
         self.in_flight

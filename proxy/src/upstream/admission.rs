@@ -332,8 +332,11 @@ impl Admission {
 }
 
 impl State {
+    /// The workers' limits outside their min-RTT probes: the queue
+    /// policy's measure of how fast waiters are served (see
+    /// [`Limiter::steady_limit`]).
     fn capacity(&self) -> usize {
-        self.limiters.iter().map(Limiter::limit).sum()
+        self.limiters.iter().map(Limiter::steady_limit).sum()
     }
 
     fn purge_front(&mut self) {

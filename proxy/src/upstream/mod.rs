@@ -357,7 +357,14 @@ impl Upstream {
         };
         drop(guard);
         if let Some(p) = permit {
-            p.release(Outcome::Dropped);
+            // A body the client cut off, sent malformed or too long says
+            // nothing about the worker's load: it must not shrink the limit
+            // (30 such requests took a limit of 72 down to 16).
+            p.release(if client_body_fault(&failed.error) {
+                Outcome::Ignored
+            } else {
+                Outcome::Dropped
+            });
         }
         Box::pin(self.retry(index, failed, replay, deadline)).await
     }
@@ -459,6 +466,21 @@ impl Upstream {
     pub fn any_healthy(&self) -> bool {
         self.workers.iter().any(|w| w.is_healthy())
     }
+}
+
+/// Whether a send failed because of the client's request body.
+fn client_body_fault(e: &SendError) -> bool {
+    let SendError::Hyper(e) = e else {
+        return false;
+    };
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.downcast_ref::<RequestBodyError>().is_some() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Counts requests in flight to one worker; decremented when dropped, which
