@@ -17,7 +17,7 @@
 //! | `compression.content_types` | application/json, text/*, application/javascript |
 //! | `compression.levels` | gzip 6, br 4, zstd 3 |
 //! | `cors.allow_methods` | GET, HEAD, POST |
-//! | `limits` | max_body 10MiB, max_header_bytes 16KiB, max_header_fields 256, header_timeout 10s, body_timeout 60s, max_concurrent_streams 100, max_connections 10 000, max_connections_per_ip 256, websocket_idle_timeout 10m |
+//! | `limits` | max_body 10MiB, max_header_bytes 16KiB, max_header_fields 256, header_timeout 10s, body_timeout 60s, max_concurrent_streams 100, max_connections 10 000, max_connections_per_ip 256, websocket_idle_timeout 10m, max_buffered 1GiB |
 //! | `paths.encoded_slash` | reject |
 //! | `headers.underscores` | owned |
 //! | `routes.*.static.dotfiles` | false (names starting with `.` are 404; `.well-known` is served) |
@@ -57,6 +57,8 @@ pub const GZIP_LEVEL: u32 = 6;
 pub const BR_LEVEL: u32 = 4;
 pub const ZSTD_LEVEL: u32 = 3;
 pub const MAX_BODY: u64 = 10 * 1024 * 1024;
+/// Request bodies buffered at once, gate-wide (`limits.max_buffered`).
+pub const MAX_BUFFERED: u64 = 1024 * 1024 * 1024;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// hyper builds an array of this many slots for every request head it
 /// parses (callgrind: about 10 instructions a slot); 256 lets any realistic
@@ -152,6 +154,7 @@ pub fn limits() -> Limits {
         max_connections: MAX_CONNECTIONS,
         max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
         websocket_idle_timeout: WEBSOCKET_IDLE_TIMEOUT,
+        max_buffered: MAX_BUFFERED,
     }
 }
 

@@ -243,6 +243,7 @@ pub struct RawLimits {
     pub max_connections: Option<u64>,
     pub max_connections_per_ip: Option<u64>,
     pub websocket_idle_timeout: Option<Dur>,
+    pub max_buffered: Option<Size>,
 }
 
 #[derive(Debug, DeriveDeserialize)]

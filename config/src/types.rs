@@ -255,6 +255,9 @@ pub struct Limits {
     /// default 10m: a WebSocket session with no byte either way is closed
     /// (a route's `websocket.idle_timeout` takes precedence)
     pub websocket_idle_timeout: Duration,
+    /// default 1GiB: request bodies buffered at once, gate-wide (memory
+    /// and temporary files); beyond it a request gets 503
+    pub max_buffered: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -412,3 +412,66 @@ async fn buffer_response_frees_the_worker_connection_while_a_slow_client_reads()
     // The control: streamed, the slow reader holds the only connection.
     assert!(slow_reader_pins_the_connection("").await);
 }
+
+#[tokio::test]
+async fn long_requests_stop_counting_toward_the_limit_after_the_hold_cap() {
+    // Two slots, both taken by 8 s requests (a long poll, a slow report):
+    // after the hold cap (1 s here) they no longer count, and a quick
+    // request gets through instead of waiting queue_timeout for a 503.
+    let w = Worker::start().await;
+    let g = Gate::start(&config(
+        &w.sock,
+        "concurrency: {max: 2, queue_timeout: 5s}",
+        "",
+    ))
+    .await;
+    let addr = g.addr;
+    let long: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "/slow?ms=8000").await }))
+        .collect();
+    let both = eventually(Duration::from_secs(5), || async {
+        w.direct(Method::GET, "/concurrency").await.json()["current"] == 2
+    })
+    .await;
+    assert!(both, "the long requests never reached the worker");
+    let started = Instant::now();
+    let r = get(g.addr, "/hello").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    for l in long {
+        assert_eq!(l.await.unwrap().status, 200);
+    }
+}
+
+#[tokio::test]
+async fn buffered_bodies_share_a_gate_wide_budget() {
+    // 100 KiB for every buffered body at once: one upload of 90 KiB in
+    // progress leaves no room for a second of 20 KiB, which gets a 503 at
+    // once (before its client sends the body), and room again afterwards.
+    let w = Worker::start().await;
+    let g = Gate::start(&config(&w.sock, "", "limits: {max_buffered: 100KiB}")).await;
+    let mut first = TcpStream::connect(g.addr).await.unwrap();
+    first
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 92160\r\n\r\nxxxx")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let r = post(g.addr, "/upload", vec![b'y'; 20 * 1024]).await;
+    r.assert_rejection(503, "service_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The first upload completes; its share is given back.
+    first.write_all(&vec![b'x'; 92160 - 4]).await.unwrap();
+    match read_raw_response(&mut first, Duration::from_secs(10)).await {
+        RawOutcome::Response(r) => assert_eq!(r.status, 200),
+        other => panic!("first upload: {other:?}"),
+    }
+    let r = post(g.addr, "/upload", vec![b'y'; 20 * 1024]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["bytes"], 20 * 1024);
+}

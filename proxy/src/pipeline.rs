@@ -233,7 +233,9 @@ async fn process(
             // concurrency limit, and goes.
             let mut body = RequestBody::new(body, gate.limits.max_body, gate.limits.body_timeout);
             if route.conf.buffer_request && on_upgrade.is_none() && !body.is_empty() {
-                let (buffered, len) = Box::pin(body.buffer()).await.map_err(UpstreamError::from)?;
+                let (buffered, len) = Box::pin(body.buffer(gate.limits.max_buffered))
+                    .await
+                    .map_err(UpstreamError::from)?;
                 body = buffered;
                 parts
                     .headers

@@ -188,6 +188,9 @@ impl Ctx<'_> {
         if let Some(Size(n)) = raw.max_body {
             l.max_body = n;
         }
+        if let Some(Size(n)) = raw.max_buffered {
+            l.max_buffered = n;
+        }
         if let Some(Size(n)) = raw.max_header_bytes {
             match usize::try_from(n) {
                 Ok(n) if n > 0 => l.max_header_bytes = n,

@@ -55,7 +55,10 @@ async fn ticker(admission: Arc<Admission>) {
         tokio::time::sleep(TICK).await;
         let now = admission.now();
         let mut st = admission.lock();
+        let before = st.queue.len();
         st.queue.retain(|w| !w.tx.is_closed());
+        let gone = before - st.queue.len();
+        st.policy.left(gone as u64);
         admission.dispatch(&mut st, now);
         if st.queue.is_empty() {
             st.ticking = false;
@@ -86,6 +89,8 @@ pub struct Permit {
     admission: Arc<Admission>,
     pub worker: usize,
     granted: u64,
+    /// How long the request may count toward the limit ([`QueuePolicy::hold_cap`]).
+    pub hold: Duration,
     armed: bool,
 }
 
@@ -160,8 +165,9 @@ impl Admission {
             st.purge_front();
             if st.queue.is_empty() {
                 if let Some(worker) = self.take_slot(&mut st, now) {
+                    let permit = self.permit(&st, worker, now);
                     drop(st);
-                    return Ok((self.permit(worker, now), Duration::ZERO));
+                    return Ok((permit, Duration::ZERO));
                 }
             }
             let oldest = st.queue.front().map(|w| w.since);
@@ -203,11 +209,12 @@ impl Admission {
         }
     }
 
-    fn permit(self: &Arc<Self>, worker: usize, granted: u64) -> Permit {
+    fn permit(self: &Arc<Self>, st: &State, worker: usize, granted: u64) -> Permit {
         Permit {
             admission: self.clone(),
             worker,
             granted,
+            hold: st.policy.hold_cap(),
             armed: true,
         }
     }
@@ -246,6 +253,7 @@ impl Admission {
             while st.queue.len() > keep || st.queue.front().is_some_and(|w| w.since < before) {
                 if let Some(w) = st.queue.pop_front() {
                     refused |= w.tx.send(Err(Refused::Shed)).is_ok();
+                    st.policy.left(1);
                 }
             }
             if refused {
@@ -268,6 +276,7 @@ impl Admission {
                 } else {
                     st.queue.pop_front();
                 }
+                st.policy.left(1);
             }
             if st.queue.is_empty() {
                 return;
@@ -281,7 +290,8 @@ impl Admission {
                 st.queue.pop_front()
             };
             let Some(w) = next else { return };
-            if let Err(Ok(mut unsent)) = w.tx.send(Ok(self.permit(worker, now))) {
+            let permit = self.permit(st, worker, now);
+            if let Err(Ok(mut unsent)) = w.tx.send(Ok(permit)) {
                 // Gone between the check and the send: the slot is free
                 // again (released here: the permit's drop would lock).
                 unsent.armed = false;
@@ -342,6 +352,7 @@ impl State {
     fn purge_front(&mut self) {
         while self.queue.front().is_some_and(|w| w.tx.is_closed()) {
             self.queue.pop_front();
+            self.policy.left(1);
         }
     }
 }

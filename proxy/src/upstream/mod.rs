@@ -62,6 +62,21 @@ fn sent(
     }
 }
 
+/// Awaits `send` holding `permit`, but for at most the permit's hold cap:
+/// then the slot is freed (teaching the limit nothing) and the request goes
+/// on. Returns the permit if it is still held.
+async fn held<F: std::future::Future>(send: F, permit: Permit) -> (F::Output, Option<Permit>) {
+    tokio::pin!(send);
+    tokio::select! {
+        biased;
+        r = &mut send => (r, Some(permit)),
+        () = tokio::time::sleep(permit.hold) => {
+            permit.release(Outcome::Ignored);
+            (send.await, None)
+        }
+    }
+}
+
 /// What a worker's answer teaches its concurrency limit: an overload
 /// answer shrinks it, a handshake's time says nothing about load.
 fn outcome(status: http::StatusCode) -> Outcome {
@@ -78,7 +93,7 @@ mod tests;
 pub use health::{health_loop, worker_exited};
 pub use request_body::{RequestBody, RequestBodyError};
 
-use admission::{Admission, Refused};
+use admission::{Admission, Permit, Refused};
 use pool::{ConnectError, Failed, Lease, Pool, SendError};
 use replay::Replay;
 
@@ -122,6 +137,8 @@ impl From<&RequestBodyError> for UpstreamError {
             RequestBodyError::TooLarge { .. } => UpstreamError::BodyTooLarge,
             RequestBodyError::Client(_) => UpstreamError::BodyCutOff,
             RequestBodyError::TimedOut(_) => UpstreamError::BodyTimedOut,
+            // Gate-wide buffers full: busy now, not the client's fault.
+            RequestBodyError::OverBudget => UpstreamError::Busy,
             RequestBodyError::Buffer(e) => {
                 tracing::error!(error = %e, "could not buffer a request body (is TMPDIR writable?)");
                 UpstreamError::Failed
@@ -335,7 +352,14 @@ impl Upstream {
         let guard = InFlight::enter(&worker.in_flight);
         // Bound in a statement of its own: a match on the awaited result
         // would keep its (large) slot across the retry's await.
-        let failed = match tokio::time::timeout_at(deadline, worker.pool.send(req)).await {
+        let send = tokio::time::timeout_at(deadline, worker.pool.send(req));
+        let (answer, permit) = match permit {
+            // Boxed: it holds the send future and a timer; one allocation
+            // per request, against a future twice the size on every await.
+            Some(p) => Box::pin(held(send, p)).await,
+            None => (send.await, None),
+        };
+        let failed = match answer {
             Ok(Ok((resp, lease))) => {
                 if let Some(p) = permit {
                     p.release(outcome(resp.status()));

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,9 +29,39 @@ pub enum RequestBodyError {
     Client(#[source] hyper::Error),
     #[error("the client sent no request body bytes for {0:?}")]
     TimedOut(Duration),
+    /// Buffering this body would pass `limits.max_buffered`.
+    #[error("the gate's request buffers are full")]
+    OverBudget,
     /// The temporary file of a buffered body could not be written or read.
     #[error("request body buffer: {0}")]
     Buffer(#[source] std::io::Error),
+}
+
+/// Bytes of request bodies buffered now, gate-wide.
+static BUFFERED: AtomicU64 = AtomicU64::new(0);
+
+/// A share of `limits.max_buffered`, given back when dropped (when the
+/// buffered body has been sent, or the request ends).
+#[derive(Default)]
+struct Reservation(u64);
+
+impl Reservation {
+    /// Takes `n` more bytes of the budget `max`, or refuses.
+    fn grow(&mut self, n: u64, max: u64) -> Result<(), RequestBodyError> {
+        let before = BUFFERED.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) > max {
+            BUFFERED.fetch_sub(n, Ordering::Relaxed);
+            return Err(RequestBodyError::OverBudget);
+        }
+        self.0 += n;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        BUFFERED.fetch_sub(self.0, Ordering::Relaxed);
+    }
 }
 
 /// A body read whole before it was sent.
@@ -57,9 +88,10 @@ pub struct RequestBody {
     /// Made at the first wait; armed at the first wait after bytes moved.
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
-    /// Set by [`RequestBody::buffer`]: what is sent instead of `inner`.
-    /// Boxed: every request's future holds a `RequestBody`, few buffer.
-    buffered: Option<Box<Buffered>>,
+    /// Set by [`RequestBody::buffer`]: what is sent instead of `inner`,
+    /// and its share of `limits.max_buffered`. Boxed: every request's
+    /// future holds a `RequestBody`, few buffer.
+    buffered: Option<Box<(Buffered, Reservation)>>,
 }
 
 impl RequestBody {
@@ -85,12 +117,18 @@ impl RequestBody {
     /// takes a worker slot only when it is ready, and a slow upload costs
     /// the worker nothing. Up to [`IN_MEMORY`] bytes stay in memory; a
     /// longer body goes to an unnamed temporary file, removed when closed.
-    pub async fn buffer(mut self) -> Result<(RequestBody, u64), RequestBodyError> {
-        let buffered = collect(&mut self).await?;
+    pub async fn buffer(mut self, budget: u64) -> Result<(RequestBody, u64), RequestBodyError> {
+        let mut reserved = Reservation::default();
+        // A declared length is reserved before a byte is read, so a
+        // request that cannot fit is refused before the client uploads it.
+        if let Some(n) = self.size_hint().exact() {
+            reserved.grow(n, budget)?;
+        }
+        let buffered = collect(&mut self, &mut reserved, budget).await?;
         let len = self.seen;
         self.inner = None;
         self.sleep = None;
-        self.buffered = Some(Box::new(buffered));
+        self.buffered = Some(Box::new((buffered, reserved)));
         Ok((self, len))
     }
 
@@ -133,7 +171,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Some(b) = self.buffered.as_mut() {
-            return poll_buffered(b, cx);
+            return poll_buffered(&mut b.0, cx);
         }
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
@@ -166,7 +204,7 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match self.buffered.as_deref() {
+        match self.buffered.as_deref().map(|(b, _)| b) {
             Some(Buffered::Memory(m)) => m.is_empty(),
             Some(Buffered::File { left, .. }) => *left == 0,
             None => self.inner.as_ref().is_none_or(|b| b.is_end_stream()),
@@ -174,7 +212,7 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (self.buffered.as_deref(), &self.inner) {
+        match (self.buffered.as_deref().map(|(b, _)| b), &self.inner) {
             (Some(Buffered::Memory(m)), _) => SizeHint::with_exact(m.len() as u64),
             (Some(Buffered::File { left, .. }), _) => SizeHint::with_exact(*left),
             (None, Some(b)) => b.size_hint(),
@@ -188,7 +226,11 @@ impl Body for RequestBody {
 /// that a body sent in tiny chunks costs its length and not a `Bytes` (and
 /// the hyper read buffer it pins) per chunk, and the file is written in
 /// blocks of at least [`FILE_CHUNK`], not one blocking write per chunk.
-async fn collect<B>(body: &mut B) -> Result<Buffered, RequestBodyError>
+async fn collect<B>(
+    body: &mut B,
+    reserved: &mut Reservation,
+    budget: u64,
+) -> Result<Buffered, RequestBodyError>
 where
     B: Body<Data = Bytes, Error = RequestBodyError> + Unpin,
 {
@@ -203,6 +245,9 @@ where
             continue;
         };
         len += data.len() as u64;
+        if len > reserved.0 {
+            reserved.grow(len - reserved.0, budget)?;
+        }
         pending.extend_from_slice(&data);
         let full = match file {
             None => pending.len() > IN_MEMORY,
@@ -301,7 +346,7 @@ mod tests {
     /// Every frame the buffered body gives, and their bytes.
     async fn drain(b: Buffered) -> (usize, Vec<u8>) {
         let mut body = RequestBody::empty();
-        body.buffered = Some(Box::new(b));
+        body.buffered = Some(Box::new((b, Reservation::default())));
         let mut frames = 0;
         let mut out = Vec::new();
         while let Some(f) = body.frame().await {
@@ -321,7 +366,13 @@ mod tests {
         // DATA frame on h2) was kept as 65 536 `Bytes` of 32 bytes each,
         // every one pinning hyper's read buffer: 2.5 MB of gate memory per
         // 64 KiB upload, measured.
-        let b = collect(&mut one_byte_frames(IN_MEMORY)).await.unwrap();
+        let b = collect(
+            &mut one_byte_frames(IN_MEMORY),
+            &mut Reservation::default(),
+            u64::MAX,
+        )
+        .await
+        .unwrap();
         assert!(matches!(b, Buffered::Memory(_)));
         let (frames, bytes) = drain(b).await;
         assert_eq!(bytes, counting(IN_MEMORY));
@@ -331,7 +382,13 @@ mod tests {
     #[tokio::test]
     async fn a_body_past_the_memory_threshold_goes_to_a_file_whole() {
         let n = IN_MEMORY + 1;
-        let b = collect(&mut one_byte_frames(n)).await.unwrap();
+        let b = collect(
+            &mut one_byte_frames(n),
+            &mut Reservation::default(),
+            u64::MAX,
+        )
+        .await
+        .unwrap();
         assert!(matches!(b, Buffered::File { .. }));
         let (_, bytes) = drain(b).await;
         assert_eq!(bytes, counting(n));
@@ -344,7 +401,12 @@ mod tests {
                 .collect::<Vec<_>>(),
         ));
         let mut body = body;
-        let (_, bytes) = drain(collect(&mut body).await.unwrap()).await;
+        let (_, bytes) = drain(
+            collect(&mut body, &mut Reservation::default(), u64::MAX)
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(bytes, counting(n));
     }
 }
