@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ORDER = ["hello", "offload", "auth_small", "reject", "ws", "h2c"]
+ORDER = ["hello", "offload", "io_bound", "overload", "auth_small", "reject", "ws", "h2c"]
 
 
 def load(path):

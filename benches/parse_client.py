@@ -1,11 +1,16 @@
 """Reads one load client's output; prints one line:
-requests duration_s p50_ms p99_ms socket_errors non2xx
+requests duration_s p50_ms p99_ms socket_errors non2xx p999_ms
 
-    python3 parse_client.py wrk|h2c|h1|ws CLIENT_OUTPUT [H2LOAD_LOG]
+    python3 parse_client.py wrk|h2c|h1|ws|openloop CLIENT_OUTPUT [H2LOAD_LOG]
 
-wrk: the RESULT line of benches' report.lua (wrk counts status >= 400 as `status`).
+wrk: the RESULT line of benches' report.lua (wrk counts status >= 400 as
+`status`; p99.9 from its done() hook, wrk's --latency stops at p99).
 h2load (h2c, h1): its summary, with latencies from its --log-file.
-ws: the RESULT line of ws_client.py (messages echoed, not requests).
+ws: the RESULT line of ws_client.py (messages echoed, not requests; no p99.9).
+openloop: the RESULT line of openloop.py: requests answered, the sending
+window, p50/p99/p99.9 of the 2xx answers (from the time each request was due),
+connection errors, non-2xx answers (the full record is its JSON line).
+p999_ms is -1 when the client does not give it.
 Exits 1 when the output has no result.
 """
 
@@ -25,8 +30,10 @@ def wrk(text):
     lines = [l for l in text.splitlines() if l.startswith("RESULT ")]
     if not lines:
         return None
-    req, dur_us, p50, p99, con, rd, wr, to, st = (int(float(x)) for x in lines[-1].split()[1:])
-    return req, dur_us / 1e6, p50 / 1000, p99 / 1000, con + rd + wr + to, st
+    f = [int(float(x)) for x in lines[-1].split()[1:]]
+    req, dur_us, p50, p99, con, rd, wr, to, st = f[:9]
+    p999 = f[9] / 1000 if len(f) > 9 else -1
+    return req, dur_us / 1e6, p50 / 1000, p99 / 1000, con + rd + wr + to, st, p999
 
 
 def h2load(text, logfile):
@@ -51,7 +58,8 @@ def h2load(text, logfile):
     except OSError:
         pass
     lat.sort()
-    return c2 + c3 + c4 + c5, dur, pct(lat, 50), pct(lat, 99), errored + timeout, c4 + c5
+    return (c2 + c3 + c4 + c5, dur, pct(lat, 50), pct(lat, 99), errored + timeout, c4 + c5,
+            pct(lat, 99.9) if lat else -1)
 
 
 def ws(text):
@@ -59,7 +67,17 @@ def ws(text):
     if not lines:
         return None
     d = json.loads(lines[-1][len("RESULT "):])
-    return d["messages"], d["seconds"], d["p50_ms"], d["p99_ms"], d["errors"], 0
+    return d["messages"], d["seconds"], d["p50_ms"], d["p99_ms"], d["errors"], 0, -1
+
+
+def openloop(text):
+    lines = [l for l in text.splitlines() if l.startswith("RESULT ")]
+    if not lines:
+        return None
+    d = json.loads(lines[-1][len("RESULT "):])
+    v = lambda k: -1 if d.get(k) is None else d[k]
+    return (d["answered"], d["duration_s"], max(0, v("ok_p50_ms")), max(0, v("ok_p99_ms")), d["errors"],
+            d["shed"], v("ok_p999_ms"))
 
 
 def main():
@@ -71,12 +89,14 @@ def main():
         res = h2load(text, sys.argv[3] if len(sys.argv) > 3 else "")
     elif kind == "ws":
         res = ws(text)
+    elif kind == "openloop":
+        res = openloop(text)
     else:
         sys.exit(f"unknown client {kind}")
     if res is None:
         sys.exit(1)
-    req, dur, p50, p99, sock, non2xx = res
-    print(f"{req} {dur:.4f} {p50:.4f} {p99:.4f} {sock} {non2xx}")
+    req, dur, p50, p99, sock, non2xx, p999 = res
+    print(f"{req} {dur:.4f} {p50:.4f} {p99:.4f} {sock} {non2xx} {p999:.4f}")
 
 
 main()
