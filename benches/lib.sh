@@ -1,8 +1,9 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # CLK_TCK, META_*, JWT_*...: read by run.sh and the scenarios
 # Shared plumbing of the load benches, sourced by benches/run.sh (and through it
 # by hello.sh): tools, processes started and stopped by PID, the fronts (uvicorn
-# on a Unix socket or TCP, nginx under a private prefix, asgi-gate), the
-# measuring loop (runs alternated between fronts, order rotated each rep), CPU
+# on a Unix socket or TCP, nginx under a private prefix, HAProxy from a private
+# config, asgi-gate), the measuring loop (runs alternated between fronts, order
+# rotated each rep; a closed-loop client or benches/openloop.py), CPU
 # from /proc/PID/stat and RSS from /proc/PID/status, and the raw rows that
 # benches/report.py turns into benches/results/<scenario>.{csv,md}.
 #
@@ -25,6 +26,7 @@ STACK_PORT="${STACK_PORT:-18083}"
 GATE2_PORT="${GATE2_PORT:-18084}"
 NGINX_H2_PORT="${NGINX_H2_PORT:-18085}"
 FLOOR_PORT="${FLOOR_PORT:-18086}"
+HAPROXY_PORT="${HAPROXY_PORT:-18087}"
 ADMIN_PORT="${ADMIN_PORT:-18901}"
 ADMIN2_PORT="${ADMIN2_PORT:-18902}"
 GZIP_LEVEL="${GZIP_LEVEL:-6}" # the gate's default; nginx is given the same
@@ -263,9 +265,94 @@ start_nginx() {
 nginx_bin_path() { command -v nginx || echo /usr/sbin/nginx; }
 nginx_bin() { "$(nginx_bin_path)" "$@"; }
 
+# write_haproxy_conf SOCK [FRONTEND_EXTRA] [BACKEND_EXTRA]: $TMP/haproxy/haproxy.cfg,
+# Debian's haproxy set up as nginx is: one thread, one process, keep-alive to
+# the worker's socket with `http-reuse always`, no server maxconn (a static
+# peer: it opens as many worker connections as it has requests in flight),
+# timeouts far above any run, no log; it sends the worker the headers the
+# gate's contract sends (X-Forwarded-For/Proto/Host, X-Request-Id) and returns
+# X-Request-Id on every answer, its own included. FRONTEND_EXTRA: lines in the
+# frontend before `default_backend` (e.g. `http-request return ...`);
+# BACKEND_EXTRA: lines in the backend (e.g. compression). Its own clear-text
+# bind speaks HTTP/1.1 and, on the HTTP/2 preface, h2c (prior knowledge).
+# REPLY = the directory.
+write_haproxy_conf() {
+    local sock="$1" fe_extra="${2:-}" be_extra="${3:-}" dir="$TMP/haproxy" maxconn
+    mkdir -p "$dir"
+    # Two fds per proxied connection: as many as this shell's limit allows.
+    maxconn=$((($(ulimit -n) - 100) / 2))
+    ((maxconn > 50000)) && maxconn=50000
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $maxconn
+    pidfile $dir/haproxy.pid
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+    timeout http-request 60s
+    timeout http-keep-alive 120s
+    timeout queue 120s
+    timeout tunnel 1h
+
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    maxconn $maxconn
+    unique-id-format %[uuid()]
+    unique-id-header X-Request-Id
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-after-response set-header X-Request-Id %[unique-id]
+$fe_extra
+    default_backend app
+
+backend app
+    http-reuse always
+    server app unix@$sock
+$be_extra
+EOF
+    "$(haproxy_bin_path)" -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
+        || { show_log "haproxy -c failed" "$dir/check.log"; exit 1; }
+    REPLY="$dir"
+}
+
+# start_haproxy SOCK [FRONTEND_EXTRA] [BACKEND_EXTRA]: write_haproxy_conf, then
+# serve in the foreground (-db: one process, no master). REPLY = its PID.
+start_haproxy() {
+    write_haproxy_conf "$@"
+    local dir="$REPLY"
+    start_bg "$dir/haproxy.log" "$(haproxy_bin_path)" -db -f "$dir/haproxy.cfg"
+    local pid="$REPLY"
+    wait_http "$pid" "http://127.0.0.1:$HAPROXY_PORT/healthz" \
+        || { show_log "haproxy failed to start" "$dir/haproxy.log"; exit 1; }
+    REPLY="$pid"
+}
+haproxy_bin_path() { command -v haproxy || echo /usr/sbin/haproxy; }
+# haproxy_comp_lib: the compression library this haproxy was built with (-vv).
+haproxy_comp_lib() {
+    local vv
+    vv="$("$(haproxy_bin_path)" -vv 2>/dev/null)"
+    if grep -q 'Built with libslz' <<<"$vv"; then
+        echo "libslz (built with USE_SLZ, without zlib: a stateless deflate with a single level, whose ratio is about zlib level 1; \`tune.comp.maxlevel\` only matters with zlib)"
+    elif grep -q 'Built with zlib' <<<"$vv"; then
+        echo "zlib at \`tune.comp.maxlevel\` (default 1)"
+    else
+        echo "an unknown library (see haproxy -vv)"
+    fi
+}
+# haproxy_version: e.g. 2.6.12-1+deb12u4.
+haproxy_version() { "$(haproxy_bin_path)" -v 2>/dev/null | awk 'NR==1 {print $3}'; }
+
 # start_gate NAME PORT YAML_FILE: serve; REPLY = PID. Returns 2 (and sets
 # SKIP_REASON) when this build refuses a section of the config as not built
-# yet; any other failure to start ends the run.
+# yet, or refuses `concurrency` as an unknown key (a build from before the
+# adaptive limit, issue 17); any other failure to start ends the run.
 start_gate() {
     local name="$1" port="$2" yaml="$3" logf="$TMP/$1.log" pid
     # nginx runs with access_log off, so the gate runs without its access log
@@ -281,8 +368,14 @@ start_gate() {
         return 0
     fi
     wait "$pid" 2>/dev/null || true
+    # shellcheck disable=SC2016 # backquotes are literal here
     if grep -q 'not supported by this build' "$logf"; then
         SKIP_REASON="$(grep -o '`[^`]*` is not supported' "$logf" | sed 's/`\([^`]*\)`.*/\1/' | paste -sd, -)"
+        return 2
+    fi
+    # shellcheck disable=SC2016 # backquotes are literal here
+    if grep -q 'unknown key `concurrency`' "$logf"; then
+        SKIP_REASON="concurrency (an unknown key to this build)"
         return 2
     fi
     show_log "asgi-gate ($name) failed to start" "$logf"
@@ -384,7 +477,8 @@ WRK_LUA=""
 write_wrk_lua() {
     WRK_LUA="$TMP/report.lua"
     cat >"$WRK_LUA" <<'EOF'
--- headers from the WRK_HEADERS env var ("Name: value" lines), then the summary line.
+-- headers from the WRK_HEADERS env var ("Name: value" lines), then the summary
+-- line (p99.9 last: wrk's --latency stops at p99).
 for line in string.gmatch(os.getenv("WRK_HEADERS") or "", "[^\n]+") do
   local k, v = string.match(line, "^([^:]+):%s*(.*)$")
   if k then wrk.headers[k] = v end
@@ -392,9 +486,9 @@ end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    "RESULT %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f\n",
+    "RESULT %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f\n",
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect, e.read, e.write, e.timeout, e.status))
+    e.connect, e.read, e.write, e.timeout, e.status, latency:percentile(99.9)))
 end
 EOF
 }
@@ -405,6 +499,14 @@ LOAD_HEADERS=""
 H2_CONNS="${H2_CONNS:-8}"
 H2_STREAMS="${H2_STREAMS:-8}"
 WS_CONNS=1 WS_MSGS=10000 WS_SIZE="${WS_SIZE:-64}"
+# benches/openloop.py: requests per second (set by the scenario before each
+# case), connections it may open, seconds it waits for answers after sending.
+OL_RATE=0
+OL_MAX_CONNS="${OL_MAX_CONNS:-1024}"
+OL_GRACE="${OL_GRACE:-5}"
+# RUN_HOOK: the name of a function a scenario may set, called as
+# `$RUN_HOOK pre|post FRONT CASE REP` around every load run (not timed).
+RUN_HOOK=""
 
 # client_cmd FRONT DUR OUTDIR: the load command into the CMD array.
 client_cmd() {
@@ -421,6 +523,13 @@ client_cmd() {
         [[ "${F_CLIENT[$front]}" == h1 ]] && mode=(--h1 -c "$CONNS" -m 1)
         CMD=(timeout -k 5 $((secs + 30)) h2load -t 1 "${mode[@]}" -D "$secs"
             "${hdr[@]}" --log-file "$dir/h2load.log" "${F_URL[$front]}") ;;
+    openloop)
+        # http://HOST:PORT/PATH; the rate is the scenario's OL_RATE.
+        local hp="${F_URL[$front]#http://}"
+        local host="${hp%%:*}" rest="${hp#*:}"
+        CMD=(timeout -k 5 $((secs + ${OL_GRACE%.*} + 60)) "$PYVENV/bin/python" "$BENCH_DIR/openloop.py"
+            --host "$host" --port "${rest%%/*}" --path "/${rest#*/}" --rate "$OL_RATE" --duration "$secs"
+            --max-conns "$OL_MAX_CONNS" --grace "$OL_GRACE" "${hdr[@]}") ;;
     ws)
         CMD=(timeout -k 5 $((secs * 10 + 60)) "$PYVENV/bin/python" "$BENCH_DIR/ws_client.py"
             --url "${F_URL[$front]}" --conns "$WS_CONNS" --messages "$WS_MSGS" --size "$WS_SIZE"
@@ -448,6 +557,7 @@ run_one() {
     cpu_ticks "${fp[@]}"; f0="$REPLY"
     cpu_ticks "${wp[@]}"; w0="$REPLY"
     self_child_ticks; c0="$REPLY"
+    [[ -n "$RUN_HOOK" ]] && "$RUN_HOOK" pre "$front" "$case" "$rep"
     local rc=0
     WRK_HEADERS="$LOAD_HEADERS" "${CMD[@]}" >"$out" 2>&1 || rc=$?
     self_child_ticks; c1="$REPLY"
@@ -463,15 +573,23 @@ run_one() {
     if ! parsed="$(python3 "$BENCH_DIR/parse_client.py" "${F_CLIENT[$front]}" "$out" "$dir/h2load.log")"; then
         log "$front ($case, rep $rep): client exit $rc, no result; its output:"
         tail -n 20 "$out" >&2
-        parsed="0 0 0 0 1 0"
+        parsed="0 0 0 0 1 0 -1"
     fi
-    # requests duration_s p50_ms p99_ms socket_errors non2xx
+    [[ -n "$RUN_HOOK" ]] && "$RUN_HOOK" post "$front" "$case" "$rep"
+    # requests duration_s p50_ms p99_ms socket_errors non2xx p999_ms
     local -a r
     read -r -a r <<<"$parsed"
     ((rc != 0 && r[4] == 0)) && r[4]=1 # a client that failed is never a clean run
     [[ "$rep" == warmup ]] && return 0
     local expect="${F_EXPECT[$front]}" bad expected
-    if [[ "$expect" == 2xx ]]; then
+    if [[ "${F_CLIENT[$front]}" == openloop ]]; then
+        # Sheds are a result here, not a fault: non-2xx answers go to the
+        # "expected" column and the whole record to the open-loop table.
+        bad=0 expected="${r[5]}"
+        local j
+        j="$(grep -m1 '^RESULT ' "$out" | cut -c8-)"
+        [[ -n "$j" ]] && printf '%s\t%s\t%s\t%s\n' "$case" "$front" "$rep" "$j" >>"$TMP/$SCENARIO.openloop"
+    elif [[ "$expect" == 2xx ]]; then
         bad="${r[5]}" expected=0
     else
         bad=$((r[0] - r[5])) expected="${r[5]}" # answers that were not rejections
@@ -482,7 +600,7 @@ run_one() {
         code="$(curl -s -o /dev/null -w '%{http_code}' "${ch[@]}" "${F_URL[$front]}")"
         [[ "$code" == "$expect" ]] || { log "$front: expected $expect, a check request got $code"; bad=$((bad + 1)); }
     fi
-    printf '%s\n' "$SCENARIO"$'\t'"$case"$'\t'"$front"$'\t'"$rep"$'\t'"${r[0]}"$'\t'"${r[1]}"$'\t'"${r[2]}"$'\t'"${r[3]}"$'\t'"${r[4]}"$'\t'"$bad"$'\t'"$expected"$'\t'"$((c1 - c0))"$'\t'"$((f1 - f0))"$'\t'"$((w1 - w0))"$'\t'"$rss_end"$'\t'"$rss_peak"$'\t'"$rss_w"$'\t'"${#fp[@]}" >>"$RAW"
+    printf '%s\n' "$SCENARIO"$'\t'"$case"$'\t'"$front"$'\t'"$rep"$'\t'"${r[0]}"$'\t'"${r[1]}"$'\t'"${r[2]}"$'\t'"${r[3]}"$'\t'"${r[4]}"$'\t'"$bad"$'\t'"$expected"$'\t'"$((c1 - c0))"$'\t'"$((f1 - f0))"$'\t'"$((w1 - w0))"$'\t'"$rss_end"$'\t'"$rss_peak"$'\t'"$rss_w"$'\t'"${#fp[@]}"$'\t'"${r[6]:--1}" >>"$RAW"
     log "$(printf '%-10s %-9s rep %s: %s '"${UNIT:-requests}"' in %ss, socket errors %s, unexpected status %s, front RSS %s MiB' \
         "$front" "$case" "$rep" "${r[0]}" "${r[1]}" "${r[4]}" "$bad" $((rss_peak / 1024)))"
 }

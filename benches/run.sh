@@ -34,7 +34,7 @@ done
 source "$BENCH_DIR/lib.sh"
 cd "$REPO"
 
-ALL_SCENARIOS=(hello offload auth_small reject ws h2c)
+ALL_SCENARIOS=(hello offload io_bound overload auth_small reject ws h2c)
 SCENARIOS=("$@")
 ((${#SCENARIOS[@]})) || SCENARIOS=("${ALL_SCENARIOS[@]}")
 for s in "${SCENARIOS[@]}"; do
@@ -49,7 +49,7 @@ COMMAND="${BENCH_COMMAND:-${cmd_env}bash benches/run.sh $*}"
 COMMAND="${COMMAND% }"
 
 # --- tools ----------------------------------------------------------------------
-tools=(wrk:wrk curl:curl nginx:nginx-light)
+tools=(wrk:wrk curl:curl nginx:nginx-light haproxy:haproxy)
 [[ " ${SCENARIOS[*]} " == *" h2c "* ]] && tools+=(h2load:nghttp2-client)
 ensure_tools "${tools[@]}"
 ensure_gate
@@ -74,10 +74,11 @@ run_scenario() {
     SCENARIO="$1"
     RAW="$TMP/$SCENARIO.raw"
     : >"$RAW"
-    NOTES=() DESC=() RATIOS=() CASES=()
+    NOTES=() DESC=() RATIOS=() CASES=() REPORT_ARGS=() RUN_HOOK=""
     [[ -n "${GATE_NOTE:-}" ]] && NOTES+=("$GATE_NOTE")
     TITLE="$SCENARIO" UNIT=requests LOAD_DESC=""
     reset_fronts
+    # shellcheck disable=SC2119 # no argument: no extra header
     set_headers
     mkdir -p "$TMP/$SCENARIO"
     SOCK="$TMP/$SCENARIO/app.sock"
@@ -95,6 +96,8 @@ run_scenario() {
     for x in "${CASES[@]}"; do args+=(--case "$x"); done
     for x in "${RATIOS[@]}"; do args+=(--ratio "$x"); done
     for x in "${FRONTS_ORDER[@]}"; do args+=(--front "$x=${F_DESC[$x]}"); done
+    # Extra report.py flags a scenario asked for (--p999, the open-loop tables).
+    args+=("${REPORT_ARGS[@]}")
     python3 "$BENCH_DIR/report.py" "${args[@]}" >"$TMP/$SCENARIO.report.txt"
     log "=== $SCENARIO done in $((SECONDS - t0)) s: wrote ${OUT_DIR#"$REPO"/}/$SCENARIO.md and .csv"
     local n

@@ -1,7 +1,9 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # TITLE, LOAD_DESC, *_PID...: read by run.sh and common.sh
 # auth_small: GET /api/hello with a valid HS256 JWT, a tiny JSON answer. gate
 # (JWT + per-IP limit) before the plain app vs the Python stack reached directly;
-# direct uvicorn without any auth as the ceiling.
+# direct uvicorn without any auth as the ceiling. No nginx or HAProxy rows:
+# this scenario has no proxy peer (nginx-light has no JWT check; HAProxy 2.5+
+# has a jwt_verify converter, not set up here).
 scenario_auth_small() {
     TITLE="Token-authenticated small JSON: gate + plain app vs the Python middleware stack"
     LOAD_DESC="wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency -H 'Authorization: Bearer <HS256 JWT>' http://127.0.0.1:PORT/api/hello, loopback"

@@ -1,13 +1,16 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # GATE_OFF_DESC, NGINX_401_LOCATION: read by the scenarios
 # Helpers the scenario files share (sourced by benches/run.sh after lib.sh).
 
 # want FRONT: the FRONTS env var (space-separated), when set, limits the fronts.
 want() { [[ -z "${FRONTS:-}" || " $FRONTS " == *" $1 "* ]]; }
 
-# gate_yaml FILE PORT ADMIN_PORT [TOP_LEVEL_YAML] [ROUTES_YAML] [POOL]: a gate
-# before $SOCK, threads: 1. Default routes: everything to the app.
+# gate_yaml FILE PORT ADMIN_PORT [TOP_LEVEL_YAML] [ROUTES_YAML] [POOL]
+# [UPSTREAM_EXTRA]: a gate before $SOCK, threads: 1. Default routes: everything
+# to the app. UPSTREAM_EXTRA: more keys of upstreams.app, one per line
+# (indented here).
 gate_yaml() {
-    local file="$1" port="$2" admin="$3" top="${4:-}" routes="${5:-}" pool="${6:-}"
+    local file="$1" port="$2" admin="$3" top="${4:-}" routes="${5:-}" pool="${6:-}" up_extra="${7:-}"
+    [[ -n "$up_extra" ]] && up_extra="    ${up_extra//$'\n'/$'\n'    }"
     [[ -n "$pool" ]] || pool="${GATE_POOL:-}"
     [[ -n "$pool" ]] || pool='{ max_idle: 64, max_connections: 256, idle_timeout: 4s }'
     [[ -n "$routes" ]] || routes='  - path: /{*rest}
@@ -24,10 +27,24 @@ upstreams:
   app:
     sockets: [$SOCK]
     pool: $pool
+$up_extra
 $top
 routes:
 $routes
 YAML
+}
+
+# The `gate_off` fronts: the same gate with the adaptive concurrency limit off
+# (issue 17), i.e. today's static behaviour, only pool.max_connections. The
+# only place that says how: the lines it adds under upstreams.app. A build
+# from before the limit refuses the key and the front is SKIPPED.
+GATE_OFF_UPSTREAM="${GATE_OFF_UPSTREAM:-concurrency: off}"
+GATE_OFF_DESC="the same gate with \`$GATE_OFF_UPSTREAM\` in its upstream (the static pool alone, as before issue 17)"
+
+# gate_off_yaml FILE [TOP_LEVEL_YAML] [ROUTES_YAML] [POOL]: gate_yaml on
+# GATE2_PORT/ADMIN2_PORT with GATE_OFF_UPSTREAM.
+gate_off_yaml() {
+    gate_yaml "$1" "$GATE2_PORT" "$ADMIN2_PORT" "${2:-}" "${3:-}" "${4:-}" "$GATE_OFF_UPSTREAM"
 }
 
 # gate_401_yaml FILE PORT ADMIN_PORT: a gate with an HS256 policy (secret in
@@ -55,14 +72,15 @@ NGINX_401_LOCATION="        location /api/ {
             return 401 '{\"error\":\"invalid_token\",\"detail\":\"the token is not valid\"}';
         }"
 
-# try_gate NAME PORT YAML: start it; when this build refuses a section, print
+# try_gate NAME PORT YAML: start it; when this build refuses a section ("not
+# supported by this build yet", or `concurrency` as an unknown key), print
 # "SKIPPED: gate lacks <sections>", note it and return 1 (the scenario goes on
 # without that front).
 try_gate() {
     local rc=0
     start_gate "$@" || rc=$?
     if ((rc == 2)); then
-        local msg="SKIPPED: gate lacks $SKIP_REASON (front \`$1\` not measured: this build refuses the config with \"not supported by this build yet\")"
+        local msg="SKIPPED: gate lacks $SKIP_REASON (front \`$1\` not measured: this build refuses its config)"
         echo "$msg"
         log "$msg"
         NOTES+=("$msg")
@@ -92,4 +110,13 @@ expect_answer() {
 }
 
 # nginx_pids: the running nginx ($NGINX_PID), master and worker.
+# shellcheck disable=SC2046 # one PID per word
 nginx_pids() { echo "$NGINX_PID" $(children_of "$NGINX_PID"); }
+# haproxy_pids: the running haproxy ($HAPROXY_PID): one process (-db, nbthread 1).
+# shellcheck disable=SC2046 # one PID per word
+haproxy_pids() { echo "$HAPROXY_PID" $(children_of "$HAPROXY_PID"); }
+
+# haproxy_desc: what every HAProxy row says about itself.
+haproxy_desc() {
+    echo "HAProxy $(haproxy_version), nbthread 1, \`http-reuse always\` to the socket, no server maxconn (it opens a worker connection per request in flight), sending the worker the headers the gate sends and returning X-Request-Id"
+}

@@ -1,13 +1,16 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # TITLE, LOAD_DESC, *_PID...: read by run.sh and common.sh
 # reject: answers that never reach Python. Case 401: an invalid JWT (signed
 # with another secret) on /api/hello through the gate vs nginx `return 401`
 # with a small JSON body (and the Python stack rejecting it, for context), and
 # the stack's floor (hyper answering the same 401 with no pipeline at all).
 # Case 429: a per-IP limit of 1/h (every request after the first is 429)
 # through the gate vs nginx limit_req (1r/m, then `return 429`, so the one
-# request a minute that the limiter lets through is a 429 too).
+# request a minute that the limiter lets through is a 429 too). HAProxy does
+# both as nginx does: `http-request return` 401 on /api/ (no token check), and
+# on /limited a stick-table per source IP (http_req_rate over 1 min), tracked
+# and read on every request, then `return` 429 whatever the rate.
 scenario_reject() {
-    TITLE="Rejections: invalid JWT → 401 and over-limit → 429, gate vs nginx"
+    TITLE="Rejections: invalid JWT → 401 and over-limit → 429, gate vs nginx vs HAProxy"
     LOAD_DESC="wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency [-H 'Authorization: Bearer <JWT signed with another key>'] http://127.0.0.1:PORT/..., loopback"
     DESC+=("every answer must be the expected code: wrk counts statuses >= 400 alike, so each run must have all its answers >= 400 and a request by hand after it must get the exact code")
     start_uvicorn_uds app "$SOCK"
@@ -26,6 +29,13 @@ scenario_reject() {
         }"
         NGINX_PID="$REPLY"
     fi
+    if want haproxy; then
+        start_haproxy "$SOCK" "    stick-table type ip size 100k expire 1h store http_req_rate(1m)
+    http-request return status 401 content-type application/json string '{\"error\":\"invalid_token\",\"detail\":\"the token is not valid\"}' hdr WWW-Authenticate 'Bearer realm=\"asgi-gate\", error=\"invalid_token\"' hdr Cache-Control no-store if { path_beg /api/ }
+    http-request track-sc0 src if { path /limited }
+    http-request return status 429 content-type application/json string '$body429' hdr Retry-After 60 hdr Cache-Control no-store if { path /limited } { sc_http_req_rate(0) ge 0 }"
+        HAPROXY_PID="$REPLY"
+    fi
     # --- 401
     CASES+=("401=invalid JWT on /api/hello")
     local -a fronts=()
@@ -39,6 +49,10 @@ scenario_reject() {
     if want nginx; then
         add_front nginx wrk "http://127.0.0.1:$NGINX_PORT/api/hello" 401 "$(nginx_pids)" "$uds" "nginx, 1 worker: \`return 401\` with a small JSON body and an X-Request-Id, as the gate answers (checks no token at all)"
         fronts+=(nginx)
+    fi
+    if want haproxy; then
+        add_front haproxy wrk "http://127.0.0.1:$HAPROXY_PORT/api/hello" 401 "$(haproxy_pids)" "$uds" "HAProxy $(haproxy_version), nbthread 1: \`http-request return\` 401 with a small JSON body and an X-Request-Id, as the gate answers (checks no token at all)"
+        fronts+=(haproxy)
     fi
     if want hyper; then
         start_floor reject
@@ -73,12 +87,20 @@ scenario_reject() {
         add_front nginx_429 wrk "http://127.0.0.1:$NGINX_PORT/limited" 429 "$(nginx_pids)" "$uds" "nginx, 1 worker: limit_req 1r/m, status 429, small JSON body, X-Request-Id"
         fronts+=(nginx_429)
     fi
+    if want haproxy; then
+        add_front haproxy_429 wrk "http://127.0.0.1:$HAPROXY_PORT/limited" 429 "$(haproxy_pids)" "$uds" "HAProxy, nbthread 1: stick-table per source IP (http_req_rate over 1 min) tracked and read, then \`return\` 429 with a small JSON body, Retry-After, X-Request-Id"
+        fronts+=(haproxy_429)
+        expect_answer haproxy_429 "http://127.0.0.1:$HAPROXY_PORT/limited" 429 "retry-after" || true
+    fi
     set_headers
     measure 429 "${fronts[@]}"
     RATIOS+=("401|gate|nginx|rps|>=|1|gate / nginx req/s (401)"
         "401|gate|stack|rps|||gate / stack req/s (401, context)"
+        "401|gate|haproxy|rps|>=|1|gate / HAProxy req/s (401)"
         "401|gate|nginx|front_us|<=|1|gate / nginx front CPU per 401"
+        "401|gate|haproxy|front_us|<=|1|gate / HAProxy front CPU per 401"
         "401|hyper|nginx|front_us|||stack floor / nginx front CPU per 401 (context)"
         "401|gate|hyper|front_us|||gate / stack floor front CPU per 401 (the pipeline's share)"
-        "429|gate_429|nginx_429|rps|>=|1|gate / nginx req/s (429, ahead of the best peer)")
+        "429|gate_429|nginx_429|rps|>=|1|gate / nginx req/s (429, ahead of the best peer)"
+        "429|gate_429|haproxy_429|rps|>=|1|gate / HAProxy req/s (429)")
 }

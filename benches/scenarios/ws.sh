@@ -1,11 +1,12 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # TITLE, LOAD_DESC, *_PID...: read by run.sh and common.sh
 # ws: WebSocket echo (/ws/echo) through the gate, through nginx and straight to
-# uvicorn. Cases (WS_CASES, "CONNSxMESSAGES"): 1 connection × 10k round trips,
+# uvicorn, and through HAProxy (HTTP mode relays the Upgrade and then tunnels,
+# `timeout tunnel 1h`). Cases (WS_CASES, "CONNSxMESSAGES"): 1 connection × 10k round trips,
 # 200 × 50 and 1000 × 50, all connections open at once. The client is
 # benches/ws_client.py (Python `websockets`, CPU-heavy itself: its CPU is the
 # "client" column). Each run is bounded by its message count and a timeout.
 scenario_ws() {
-    TITLE="WebSocket echo: gate vs nginx vs direct uvicorn"
+    TITLE="WebSocket echo: gate vs nginx vs HAProxy vs direct uvicorn"
     UNIT=messages
     local cases="${WS_CASES:-1x10000 200x50 1000x50}"
     LOAD_DESC="benches/ws_client.py --conns N --messages M --size $WS_SIZE (one Python asyncio process, permessage-deflate off), ws://127.0.0.1:PORT/ws/echo, loopback"
@@ -24,6 +25,13 @@ scenario_ws() {
         NGINX_PID="$REPLY"
         add_front nginx ws "ws://127.0.0.1:$NGINX_PORT/ws/echo" 2xx "$(nginx_pids)" "$uds" "nginx, 1 worker, worker_connections 8192, Upgrade/Connection passed"
     fi
+    if want haproxy; then
+        # http-no-delay: no merging of small writes, as HAProxy's docs advise
+        # for interactive traffic such as WebSocket.
+        start_haproxy "$SOCK" "    option http-no-delay" "    option http-no-delay"
+        HAPROXY_PID="$REPLY"
+        add_front haproxy ws "ws://127.0.0.1:$HAPROXY_PORT/ws/echo" 2xx "$(haproxy_pids)" "$uds" "$(haproxy_desc); the Upgrade relayed, then a tunnel (\`timeout tunnel 1h\`, \`option http-no-delay\`)"
+    fi
     if want direct; then
         start_uvicorn_tcp app "$DIRECT_PORT"
         add_front direct ws "ws://127.0.0.1:$DIRECT_PORT/ws/echo" 2xx "" "$REPLY" "uvicorn on TCP (websockets implementation), no proxy"
@@ -40,8 +48,10 @@ scenario_ws() {
         CASES+=("$c=$WS_CONNS connection(s) × $WS_MSGS echoes of $WS_SIZE bytes")
         measure "$c" "${FRONTS_ORDER[@]}"
         RATIOS+=("$c|gate|direct|rps|$([[ $WS_CONNS -ge 100 ]] && echo '>=|0.9' || echo '|')|gate / direct messages/s"
-            "$c|gate|nginx|rps|>=|1|gate / nginx messages/s (ahead of the best peer)")
-        ((WS_CONNS >= 1000)) && RATIOS+=("$c|gate|nginx|rss_peak_mib|<=|1|gate / nginx RSS with every socket open")
+            "$c|gate|nginx|rps|>=|1|gate / nginx messages/s (ahead of the best peer)"
+            "$c|gate|haproxy|rps|>=|1|gate / HAProxy messages/s")
+        ((WS_CONNS >= 1000)) && RATIOS+=("$c|gate|nginx|rss_peak_mib|<=|1|gate / nginx RSS with every socket open"
+            "$c|gate|haproxy|rss_peak_mib|<=|1|gate / HAProxy RSS with every socket open")
     done
     return 0
 }
