@@ -459,15 +459,19 @@ children_of() {
 
 # A front is what a load run targets. Scenarios register them:
 #   add_front NAME CLIENT URL EXPECT "FRONT PIDS" "WORKER PIDS" [DESCRIPTION]
-# CLIENT: wrk | h2c | h1 (h2load) | ws; EXPECT: 2xx, 401 or 429 (every answer
-# must be that); FRONT PIDS: the proxy's processes (empty when the client talks
-# to uvicorn itself); WORKER PIDS: the uvicorn behind it (or reached directly).
+# CLIENT: wrk | h2c | h1 (h2load) | ws | openloop (benches/openloop.py at
+# OL_RATE); EXPECT: 2xx, 401 or 429 (every answer must be that), or any (an
+# open-loop front: its non-2xx answers are sheds, reported apart); FRONT
+# PIDS: the proxy's processes (empty when the client talks to uvicorn
+# itself); WORKER PIDS: the uvicorn behind it (or reached directly).
 declare -A F_CLIENT F_URL F_EXPECT F_PIDS F_WORKER F_DESC
 FRONTS_ORDER=()
 add_front() {
     F_CLIENT[$1]="$2" F_URL[$1]="$3" F_EXPECT[$1]="$4" F_PIDS[$1]="$5" F_WORKER[$1]="$6" F_DESC[$1]="${7:-}"
     FRONTS_ORDER+=("$1")
 }
+# set_front_client FRONT CLIENT EXPECT: measure FRONT with another client.
+set_front_client() { F_CLIENT[$1]="$2" F_EXPECT[$1]="$3"; }
 reset_fronts() {
     F_CLIENT=() F_URL=() F_EXPECT=() F_PIDS=() F_WORKER=() F_DESC=()
     FRONTS_ORDER=()
@@ -503,7 +507,7 @@ WS_CONNS=1 WS_MSGS=10000 WS_SIZE="${WS_SIZE:-64}"
 # case), connections it may open, seconds it waits for answers after sending.
 OL_RATE=0
 OL_MAX_CONNS="${OL_MAX_CONNS:-1024}"
-OL_GRACE="${OL_GRACE:-5}"
+OL_GRACE="${OL_GRACE:-3}"
 # RUN_HOOK: the name of a function a scenario may set, called as
 # `$RUN_HOOK pre|post FRONT CASE REP` around every load run (not timed).
 RUN_HOOK=""

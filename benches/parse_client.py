@@ -7,8 +7,8 @@ wrk: the RESULT line of benches' report.lua (wrk counts status >= 400 as
 `status`; p99.9 from its done() hook, wrk's --latency stops at p99).
 h2load (h2c, h1): its summary, with latencies from its --log-file.
 ws: the RESULT line of ws_client.py (messages echoed, not requests; no p99.9).
-openloop: the RESULT line of openloop.py: requests answered, the sending
-window, p50/p99/p99.9 of the 2xx answers (from the time each request was due),
+openloop: the RESULT line of openloop.py: requests answered, the run's wall
+time (sending window + drain), p50/p99/p99.9 of the 2xx answers (from the time each request was due),
 connection errors, non-2xx answers (the full record is its JSON line).
 p999_ms is -1 when the client does not give it.
 Exits 1 when the output has no result.
@@ -76,7 +76,8 @@ def openloop(text):
         return None
     d = json.loads(lines[-1][len("RESULT "):])
     v = lambda k: -1 if d.get(k) is None else d[k]
-    return (d["answered"], d["duration_s"], max(0, v("ok_p50_ms")), max(0, v("ok_p99_ms")), d["errors"],
+    # The whole run (window + drain): CPU per second spans both.
+    return (d["answered"], d.get("wall_s") or d["duration_s"], max(0, v("ok_p50_ms")), max(0, v("ok_p99_ms")), d["errors"],
             d["shed"], v("ok_p999_ms"))
 
 

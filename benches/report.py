@@ -48,6 +48,7 @@ p.add_argument("--unit", default="requests")
 p.add_argument("--p999", action="store_true")
 p.add_argument("--openloop")
 p.add_argument("--capacity", default="")
+p.add_argument("--capacity-rps", type=float)
 p.add_argument("--ol-case", action="append", default=[])
 p.add_argument("--ol-front", default="gate")
 p.add_argument("--ol-tag", default="")
@@ -149,7 +150,9 @@ if a.openloop:
     except OSError:
         pass
     ol_cases = [(x.split("=", 1)[0], float(x.split("=", 1)[1])) for x in a.ol_case]
-    if a.capacity:
+    if a.capacity_rps:
+        capacity = a.capacity_rps
+    elif a.capacity:
         cc, cf = a.capacity.split("|")
         cs = summary.get((cc, cf))
         capacity = cs["rps"][0] if cs and cs.get("rps") else None
@@ -254,31 +257,35 @@ for case in main_cases:
 
 if a.openloop:
     cc = a.capacity.split("|") if a.capacity else ["", ""]
+    how = ("given (OL_CAPACITY)" if a.capacity_rps else f"median closed-loop req/s of `{cc[1]}` in case `{cc[0]}`")
     md += [f"## open loop (benches/openloop.py): capacity {'n/a' if capacity is None else f'{capacity:.0f}'} req/s"
-           f" (median closed-loop req/s of `{cc[1]}` in case `{cc[0]}`)", "",
+           f" ({how})", "",
            "Each load sends capacity × multiplier requests per second at even intervals, whatever the front answers;"
            " latencies run from the moment a request was *due*, so waiting for a connection counts (no coordinated"
-           " omission); *lag* is the generator's own send delay (sent − due), large only when the generator, not the"
-           " front, fell behind; *from send* excludes it. Goodput: 2xx answers completed inside the sending window per"
+           " omission); *lag* is the generator's own scheduling delay (due → handed to a connection or its backlog),"
+           " large only when the generator, not the front, fell behind; *queued*: requests that waited in the"
+           " generator for a connection, all its connections being busy with the front; *from send* excludes"
+           " that wait. Goodput: 2xx answers completed inside the sending window per"
            " second. Shed: non-2xx answers (the gate's 503 `service_unavailable`). Unanswered: no answer by the end of"
            " the grace period. Medians over reps; statuses summed.", ""]
     for case, mult in ol_cases:
         rate = capacity * mult if capacity else None
         md += [f"### {case}: {mult:g}× capacity" + (f" = {rate:.0f} req/s offered" if rate else "")
                + (" (the unloaded reference)" if mult < 1 else ""), "",
-               "| front | runs | sent/s | lag p99 ms | goodput 2xx/s (× capacity) | served p50 / p99 / p99.9 ms | "
+               "| front | runs | dispatched/s | lag p99 ms | queued | goodput 2xx/s (× capacity) | served p50 / p99 / p99.9 ms | "
                "served p99 ms from send | shed share | shed p50 / p99 / max ms from send | statuses | unanswered | "
                "errors | cores client / front / worker |",
-               "| --- " * 13 + "|"]
+               "| --- " * 14 + "|"]
         for fr in fronts:
             g = ol_sum.get((case, fr))
             if not g:
                 continue
-            sent_rate = g["sent"] / g["duration_s"] if g.get("duration_s") else None
+            sent_rate = g["due"] / g["send_s"] if g.get("send_s") else None
             gp = g.get("goodput_rps")
             gx = f" ({gp / capacity:.2f}×)" if capacity and gp is not None else ""
             st = ", ".join(f"{k}: {v}" for k, v in sorted(g["status"].items()))
-            md.append(f"| {fr} | {g['runs']} | {ms(sent_rate, 0)} | {ms(g.get('lag_p99_ms'))} | {ms(gp, 0)}{gx} | "
+            md.append(f"| {fr} | {g['runs']} | {ms(sent_rate, 0)} | {ms(g.get('lag_p99_ms'))} | "
+                      f"{g.get('queued', 0):.0f} | {ms(gp, 0)}{gx} | "
                       f"{ms(g.get('ok_p50_ms'))} / {ms(g.get('ok_p99_ms'))} / {ms(g.get('ok_p999_ms'))} | "
                       f"{ms(g.get('ok_sent_p99_ms'))} | {g.get('shed_share', 0) * 100:.1f}% | "
                       f"{ms(g.get('shed_sent_p50_ms'), 3)} / {ms(g.get('shed_sent_p99_ms'), 3)} / "

@@ -20,7 +20,7 @@ scenario_io_bound() {
     if want gate; then
         gate_yaml "$TMP/io_bound/gate.yaml" "$GATE_PORT" "$ADMIN_PORT"
         try_gate gate "$GATE_PORT" "$TMP/io_bound/gate.yaml" &&
-            add_front gate wrk "http://127.0.0.1:$GATE_PORT$path" 2xx "$REPLY" "$uds" "asgi-gate (threads: 1), no `concurrency` key (the adaptive limit of issue 17 is on by default in builds that have it)"
+            add_front gate wrk "http://127.0.0.1:$GATE_PORT$path" 2xx "$REPLY" "$uds" "asgi-gate (threads: 1), no \`concurrency\` key (the adaptive limit of issue 17 is on by default in builds that have it)"
     fi
     if want gate_off; then
         gate_off_yaml "$TMP/io_bound/gate_off.yaml"

@@ -50,7 +50,7 @@ compression:
     if want gate; then
         gate_yaml "$TMP/offload/gate.yaml" "$GATE_PORT" "$ADMIN_PORT" "$top" "$routes"
         if try_gate gate "$GATE_PORT" "$TMP/offload/gate.yaml"; then
-            add_front gate wrk "http://127.0.0.1:$GATE_PORT$path" 2xx "$REPLY" "$uds" "asgi-gate (threads: 1): JWT HS256 + per-IP limit + gzip level $GZIP_LEVEL, plain app.py behind; no `concurrency` key (the adaptive limit of issue 17 is on by default in builds that have it)"
+            add_front gate wrk "http://127.0.0.1:$GATE_PORT$path" 2xx "$REPLY" "$uds" "asgi-gate (threads: 1): JWT HS256 + per-IP limit + gzip level $GZIP_LEVEL, plain app.py behind; no \`concurrency\` key (the adaptive limit of issue 17 is on by default in builds that have it)"
             expect_answer gate "http://127.0.0.1:$GATE_PORT$path" 200 "content-encoding: gzip" -H "Accept-Encoding: gzip" -H "Authorization: Bearer $JWT_TOKEN" || true
             expect_answer "gate without a token" "http://127.0.0.1:$GATE_PORT$path" 401 "" || true
         fi
