@@ -1,33 +1,45 @@
 #!/usr/bin/env bash
-# The load benches: asgi-gate against direct uvicorn, nginx and the Python
-# middleware stack, each before the same FastAPI app, on loopback.
+# The load benches: asgi-gate against direct uvicorn, nginx, HAProxy and the
+# Python middleware stack, each before the same FastAPI app, on loopback.
 #
-#   bash benches/run.sh                       # every scenario (about 14 min)
+#   bash benches/run.sh                       # every scenario (about 30 min)
 #   bash benches/run.sh hello offload         # some of them
-#   REPS=1 DURATION=3s bash benches/run.sh ws # a quick plumbing check
+#   REPS=1 DURATION=3s WARMUP=0 bash benches/run.sh hello offload io_bound overload
+#                                             # a quick plumbing check (~5 min)
 #
-# Scenarios: hello offload auth_small reject ws h2c (see benches/scenarios/*.sh).
-# Each starts its own processes (one uvicorn worker each), measures its fronts in
-# alternation (order rotated every rep), stops everything it started by PID and
-# writes benches/results/<scenario>.{csv,md}; at the end benches/results/ratios.png
-# charts every ratio of every scenario's CSV.
+# Scenarios: hello offload io_bound overload auth_small reject ws h2c (see
+# benches/scenarios/*.sh and benches/README.md). Each starts its own processes
+# (one uvicorn worker each), measures its fronts in alternation (order rotated
+# every rep), stops everything it started by PID and writes
+# benches/results/<scenario>.{csv,md} (overload also overload_openloop.csv); at
+# the end benches/results/ratios.png charts every ratio of every scenario's CSV.
+# Fronts: gate (the default config: the adaptive concurrency limit on),
+# gate_off (GATE_OFF_UPSTREAM under the upstream: `concurrency: off`), nginx,
+# haproxy (Debian's, nbthread 1, http-reuse always), hyper (the stack's floor),
+# stack (app_stack.py), direct (uvicorn on TCP). Closed-loop load: wrk, h2load
+# (h2c), ws_client.py; open loop (overload): benches/openloop.py, not h2load
+# --rps (coordinated omission, reconnect bursts) nor oha (a large cargo build).
 #
-# Env: REPS (3), DURATION (7s per wrk/h2load run), CONNS (64), WRK_THREADS (1),
-#      WARMUP (2s; 0 = none), FRONTS (limit the fronts, e.g. "gate nginx"),
+# Env: REPS (3), DURATION (7s per run), CONNS (64), WRK_THREADS (1),
+#      WARMUP (2s; 0 = none), FRONTS (limit the fronts, e.g. "gate gate_off"),
 #      H2_CONNS (8), H2_STREAMS (8), WS_CASES ("1x10000 200x50 1000x50"),
-#      WS_SIZE (64), GZIP_LEVEL (6), OFFLOAD_PATH (/api/big), OUT_DIR
+#      WS_SIZE (64), GZIP_LEVEL (6), OFFLOAD_PATH (/api/big), IO_MS (20),
+#      OVERLOAD_PATH (/api/big), OL_LOADS ("0.05 1 2 3" x capacity),
+#      OL_CAPACITY (req/s, skips measuring it), OL_MAX_CONNS (1024), OL_GRACE
+#      (3 s), GATE_OFF_UPSTREAM ("concurrency: off"), OUT_DIR
 #      (benches/results), GATE_POOL (the gate's upstream pool as a YAML flow
 #      map; default max_connections 256), GATE_BIN (default: build target/release/asgi-gate;
 #      set it to skip the build), KEEP_TMP=1 (keep logs and configs),
 #      ports: GATE_PORT 18080, NGINX_PORT 18081, DIRECT_PORT 18082,
 #      STACK_PORT 18083, GATE2_PORT 18084, NGINX_H2_PORT 18085,
-#      ADMIN_PORT 18901, ADMIN2_PORT 18902.
+#      FLOOR_PORT 18086, HAPROXY_PORT 18087, ADMIN_PORT 18901, ADMIN2_PORT 18902.
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # The exact command: every setting given in the environment, before defaults.
 cmd_env=""
-for v in REPS DURATION CONNS WRK_THREADS WARMUP FRONTS H2_CONNS H2_STREAMS WS_CASES WS_SIZE GZIP_LEVEL OFFLOAD_PATH GATE_BIN GATE_POOL OUT_DIR; do
+for v in REPS DURATION CONNS WRK_THREADS WARMUP FRONTS H2_CONNS H2_STREAMS WS_CASES WS_SIZE GZIP_LEVEL OFFLOAD_PATH \
+    IO_MS OVERLOAD_PATH OL_LOADS OL_CAPACITY OL_MAX_CONNS OL_GRACE GATE_OFF_UPSTREAM GATE_BIN GATE_POOL OUT_DIR; do
     [[ -n "${!v:-}" ]] && cmd_env+="$v=\"${!v}\" "
 done
 # shellcheck source=benches/lib.sh

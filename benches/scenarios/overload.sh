@@ -20,8 +20,8 @@
 # request in flight and keeps due requests pending until it finishes, timing
 # them from when they finally go out (the wait behind a slow answer is
 # hidden), and a client whose connection is closed reconnects and sends at
-# once, outside the rate (with the gate's per-IP connection cap that became
-# a storm of 25k requests in 4 s at a 1k/s target). Not oha either: it would
+# once, outside the rate (against the gate's per-IP connection cap that
+# became a storm many times the target rate). Not oha either: it would
 # need a cargo install of a large crate graph (and cmake for aws-lc) on a
 # 2-core machine shared with compiles. openloop.py is plain asyncio with
 # httptools from the test venv; it reports its own send lag, so a run where
