@@ -47,7 +47,7 @@ def pct(sorted_vals, p):
 
 
 class Conn(asyncio.Protocol):
-    __slots__ = ("gen", "transport", "parser", "due", "sent", "alive")
+    __slots__ = ("gen", "transport", "parser", "due", "sent")
 
     def __init__(self, gen):
         self.gen = gen
@@ -55,12 +55,10 @@ class Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.due = None  # the due time of the request in flight
         self.sent = None
-        self.alive = False
 
     # asyncio.Protocol
     def connection_made(self, transport):
         self.transport = transport
-        self.alive = True
 
     def data_received(self, data):
         try:
@@ -70,7 +68,6 @@ class Conn(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc):
-        self.alive = False
         self.gen.lost(self)
 
     # httptools
@@ -155,10 +152,14 @@ class Gen:
     # --- answers
     def finish(self):
         self.outstanding -= 1
-        if self.drained and self.outstanding <= 0 and self.loop.time() >= self.t_end:
+        if self.drained and self.outstanding <= 0:
             self.drained.set()
 
     def done(self, c, status, keep):
+        if c.due is None:  # an answer to nothing (a server refusing the connection)
+            self.status[status] = self.status.get(status, 0) + 1
+            c.transport.close()
+            return
         now = self.loop.time()
         lat, lat_sent = now - c.due, now - c.sent
         c.due = None
@@ -218,11 +219,11 @@ class Gen:
             delay = nxt - self.loop.time()
             await asyncio.sleep(max(0.0, delay))
         sent_end = self.loop.time()
-        self.drained = asyncio.Event()
-        if self.outstanding > 0 or self.loop.time() < self.t_end:
+        await asyncio.sleep(max(0.0, self.t_end - self.loop.time()))
+        if self.outstanding > 0:
+            self.drained = asyncio.Event()
             try:
-                await asyncio.wait_for(self.drained.wait(),
-                                       timeout=max(0.0, self.t_end - self.loop.time()) + a.grace)
+                await asyncio.wait_for(self.drained.wait(), timeout=a.grace)
             except asyncio.TimeoutError:
                 pass
         cpu = time.process_time() - cpu0
