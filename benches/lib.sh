@@ -349,6 +349,40 @@ haproxy_comp_lib() {
 # haproxy_version: e.g. 2.6.12-1+deb12u4.
 haproxy_version() { "$(haproxy_bin_path)" -v 2>/dev/null | awk 'NR==1 {print $3}'; }
 
+# The admin address of each gate started, by PID: run_one reads the gate's
+# own sheds and its concurrency limit there.
+declare -A GATE_ADMIN=()
+
+# gate_metric ADDR NAME: REPLY = the sum of the samples of metric NAME on the
+# gate's admin /metrics (integers), "" when unreachable or absent. Bash's
+# /dev/tcp, no fork: a sampler running beside a load costs next to nothing.
+gate_metric() {
+    local addr="$1" name="$2" line v sum=0 found=0 fd
+    REPLY=""
+    exec {fd}<>"/dev/tcp/${addr%:*}/${addr##*:}" || return 0
+    printf 'GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n' "$addr" >&"$fd"
+    while IFS= read -r line <&"$fd"; do
+        line="${line%$'\r'}"
+        if [[ "$line" == "$name{"* || "$line" == "$name "* ]]; then
+            v="${line##* }"
+            sum=$((sum + ${v%%.*}))
+            found=1
+        fi
+    done
+    exec {fd}>&-
+    ((found)) && REPLY="$sum"
+    return 0
+}
+# limit_sampler OUT ADDR: every 0.25 s, the gate's summed adaptive limit
+# appended to OUT (until killed).
+limit_sampler() {
+    while :; do
+        gate_metric "$2" asgi_gate_upstream_concurrency_limit 2>/dev/null
+        [[ -n "$REPLY" ]] && echo "$REPLY" >>"$1"
+        sleep 0.25
+    done
+}
+
 # start_gate NAME PORT YAML_FILE: serve; REPLY = PID. Returns 2 (and sets
 # SKIP_REASON) when this build refuses a section of the config as not built
 # yet, or refuses `concurrency` as an unknown key (a build from before the
@@ -364,6 +398,9 @@ start_gate() {
     fi
     pid="$REPLY"
     if wait_http "$pid" "http://127.0.0.1:$port/healthz"; then
+        local admin
+        admin="$(sed -n '/^admin:/,/address:/s/^ *address: *//p' "$yaml" | head -n1)"
+        [[ -n "$admin" ]] && GATE_ADMIN[$pid]="$admin"
         REPLY="$pid"
         return 0
     fi
@@ -553,6 +590,17 @@ run_one() {
     mkdir -p "$dir"
     out="$dir/client.out"
     client_cmd "$front" "$dur" "$dir"
+    [[ -n "$RUN_HOOK" ]] && "$RUN_HOOK" pre "$front" "$case" "$rep"
+    # A gate front: its own sheds (503 without reaching the worker) and its
+    # adaptive limit, from its admin /metrics.
+    local admin="" p shed0="" lpid=""
+    for p in "${fp[@]}"; do [[ -n "${GATE_ADMIN[$p]:-}" ]] && admin="${GATE_ADMIN[$p]}"; done
+    if [[ -n "$admin" ]]; then
+        gate_metric "$admin" asgi_gate_upstream_shed_total 2>/dev/null; shed0="$REPLY"
+        limit_sampler "$dir/limits" "$admin" &
+        lpid=$!
+        PIDS+=("$lpid")
+    fi
     local -a rss_pids=("${fp[@]}")
     ((${#rss_pids[@]})) || rss_pids=("${wp[@]}")
     rss_sampler "$dir/rss_peak" "${rss_pids[@]}" &
@@ -561,7 +609,6 @@ run_one() {
     cpu_ticks "${fp[@]}"; f0="$REPLY"
     cpu_ticks "${wp[@]}"; w0="$REPLY"
     self_child_ticks; c0="$REPLY"
-    [[ -n "$RUN_HOOK" ]] && "$RUN_HOOK" pre "$front" "$case" "$rep"
     local rc=0
     WRK_HEADERS="$LOAD_HEADERS" "${CMD[@]}" >"$out" 2>&1 || rc=$?
     self_child_ticks; c1="$REPLY"
@@ -571,6 +618,15 @@ run_one() {
     rss_kb "${wp[@]}"; rss_w="$REPLY"
     kill_wait "$spid"
     forget_pid "$spid"
+    local sheds=-1 limits=-
+    if [[ -n "$lpid" ]]; then
+        kill_wait "$lpid"
+        forget_pid "$lpid"
+        gate_metric "$admin" asgi_gate_upstream_shed_total 2>/dev/null
+        # No sample before the first shed: count from 0.
+        [[ -n "$REPLY" ]] && sheds=$((REPLY - ${shed0:-0}))
+        [[ -s "$dir/limits" ]] && limits="$(sort -n "$dir/limits" | awk '{v[NR] = $1} END {print v[1] "/" v[int((NR + 1) / 2)] "/" v[NR]}')"
+    fi
     rss_peak="$(cat "$dir/rss_peak" 2>/dev/null || echo "$rss_end")"
     ((rss_end > rss_peak)) && rss_peak="$rss_end"
     local parsed
@@ -604,9 +660,11 @@ run_one() {
         code="$(curl -s -o /dev/null -w '%{http_code}' "${ch[@]}" "${F_URL[$front]}")"
         [[ "$code" == "$expect" ]] || { log "$front: expected $expect, a check request got $code"; bad=$((bad + 1)); }
     fi
-    printf '%s\n' "$SCENARIO"$'\t'"$case"$'\t'"$front"$'\t'"$rep"$'\t'"${r[0]}"$'\t'"${r[1]}"$'\t'"${r[2]}"$'\t'"${r[3]}"$'\t'"${r[4]}"$'\t'"$bad"$'\t'"$expected"$'\t'"$((c1 - c0))"$'\t'"$((f1 - f0))"$'\t'"$((w1 - w0))"$'\t'"$rss_end"$'\t'"$rss_peak"$'\t'"$rss_w"$'\t'"${#fp[@]}"$'\t'"${r[6]:--1}" >>"$RAW"
-    log "$(printf '%-10s %-9s rep %s: %s '"${UNIT:-requests}"' in %ss, socket errors %s, unexpected status %s, front RSS %s MiB' \
-        "$front" "$case" "$rep" "${r[0]}" "${r[1]}" "${r[4]}" "$bad" $((rss_peak / 1024)))"
+    printf '%s\n' "$SCENARIO"$'\t'"$case"$'\t'"$front"$'\t'"$rep"$'\t'"${r[0]}"$'\t'"${r[1]}"$'\t'"${r[2]}"$'\t'"${r[3]}"$'\t'"${r[4]}"$'\t'"$bad"$'\t'"$expected"$'\t'"$((c1 - c0))"$'\t'"$((f1 - f0))"$'\t'"$((w1 - w0))"$'\t'"$rss_end"$'\t'"$rss_peak"$'\t'"$rss_w"$'\t'"${#fp[@]}"$'\t'"${r[6]:--1}"$'\t'"$sheds"$'\t'"$limits" >>"$RAW"
+    local gate_info=""
+    ((sheds >= 0)) && gate_info=", gate sheds $sheds, limit min/median/max $limits"
+    log "$(printf '%-10s %-9s rep %s: %s '"${UNIT:-requests}"' in %ss, socket errors %s, unexpected status %s, front RSS %s MiB%s' \
+        "$front" "$case" "$rep" "${r[0]}" "${r[1]}" "${r[4]}" "$bad" $((rss_peak / 1024)) "$gate_info")"
 }
 LOAD_HEADERS_CURL=()
 

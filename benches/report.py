@@ -3,8 +3,10 @@
 Called by benches/run.sh; plain python3, no packages. Raw rows (tab-separated):
 scenario case front rep requests duration_s p50_ms p99_ms socket_errors
 unexpected_status expected_rejections client_ticks front_ticks worker_ticks
-rss_front_end_kb rss_front_peak_kb rss_worker_kb n_front_pids [p999_ms]
-(p999_ms -1 when the client gives none).
+rss_front_end_kb rss_front_peak_kb rss_worker_kb n_front_pids [p999_ms
+gate_shed gate_limit] (p999_ms -1 when the client gives none; gate_shed: the
+gate's own 503 sheds during the run from its /metrics, -1 for other fronts;
+gate_limit: its adaptive limit min/median/max sampled every 0.25 s, or -).
 
 A run is valid when it answered something, had no socket error and no
 unexpected status (non-2xx, or for a rejection front anything but the expected
@@ -62,10 +64,12 @@ with open(a.raw) as f:
         c = line.rstrip("\n").split("\t")
         if len(c) == 18:
             c.append("-1")
-        if len(c) != 19 or c[0] != a.scenario:
+        if len(c) == 19:
+            c += ["-1", "-"]
+        if len(c) != 21 or c[0] != a.scenario:
             continue
         (_, case, front, rep, req, dur, p50, p99, sock, bad, expected, cti, fti, wti,
-         rss_end, rss_peak, rss_w, nfront, p999) = c
+         rss_end, rss_peak, rss_w, nfront, p999, gate_shed, gate_limit) = c
         req, dur = int(req), float(dur)
         cti, fti, wti, nfront = int(cti), int(fti), int(wti), int(nfront)
         per_req = lambda t: t / clk * 1e6 / req if req else math.nan
@@ -76,6 +80,7 @@ with open(a.raw) as f:
             "rps": req / dur if dur else 0.0,
             "p50_ms": float(p50), "p99_ms": float(p99),
             "p999_ms": float(p999) if float(p999) >= 0 else None,
+            "gate_shed": int(gate_shed) if int(gate_shed) >= 0 else None, "gate_limit": gate_limit,
             "socket_errors": int(sock), "unexpected_status": int(bad), "expected_rejections": int(expected),
             "valid": req > 0 and int(sock) == 0 and int(bad) == 0,
             "client_us": per_req(cti),
@@ -232,6 +237,12 @@ md += ["- medians over valid runs, (min–max) when more than one; a run with a 
        " (— when the client talks to uvicorn itself), *worker* = the uvicorn process, *client* = the load"
        " generator; server = front + worker; cores = CPU-seconds per second of the run. RSS = summed VmRSS of the front's processes"
        " (of uvicorn when there is no proxy), peak sampled every 0.2 s.", ""]
+shedding = [r for r in runs if r["gate_shed"]]
+if shedding:
+    md += ["- **the gate answered 503 itself (sheds, from its /metrics) in these runs: "
+           + "; ".join(f"{r['front']} {r['case'] + ' ' if r['case'] != '-' else ''}rep {r['rep']}: "
+                       f"{r['gate_shed']} of {r['requests']}" for r in shedding)
+           + "** (a closed-loop client counts them as unexpected statuses: such a run is invalid)", ""]
 per = "msg" if unit == "messages" else "req"
 main_cases = [c for c in cases if not a.main_cases or c in a.main_cases.split()]
 p999 = a.p999
@@ -318,14 +329,17 @@ for tag in tags:
     md.append("")
 md += ["<details><summary>every run, in the order it ran</summary>", "",
        f"| case | rep | front | {unit} | {unit}/s | p50 ms | p99 ms | " + ("p99.9 ms | " if p999 else "") +
-       "socket err | unexpected status | expected rejections | front µs | worker µs | client µs | valid |",
-       "| --- " * (15 if p999 else 14) + "|"]
+       "socket err | unexpected status | expected rejections | front µs | worker µs | client µs | "
+       "gate sheds | gate limit min/med/max | valid |",
+       "| --- " * (17 if p999 else 16) + "|"]
 f1 = lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
 for r in runs:
     md.append(f"| {r['case']} | {r['rep']} | {r['front']} | {r['requests']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
               f"{r['p99_ms']:.2f} | " + (f"{ms(r['p999_ms'])} | " if p999 else "") +
               f"{r['socket_errors']} | {r['unexpected_status']} | {r['expected_rejections']} | "
-              f"{f1(r['front_us'])} | {f1(r['worker_us'])} | {f1(r['client_us'])} | {'yes' if r['valid'] else 'NO'} |")
+              f"{f1(r['front_us'])} | {f1(r['worker_us'])} | {f1(r['client_us'])} | "
+              f"{'—' if r['gate_shed'] is None else r['gate_shed']} | "
+              f"{'—' if r['gate_limit'] in ('-', '') else r['gate_limit']} | {'yes' if r['valid'] else 'NO'} |")
 md += ["", "</details>"]
 text = "\n".join(md) + "\n"
 with open(f"{a.out_dir}/{a.scenario}.md", "w") as f:
@@ -336,7 +350,7 @@ COLS = ["record", "case", "front", "rep", "valid", "requests", "rps", "p50_ms", 
         "unexpected_status", "expected_rejections", "client_cpu_us", "front_cpu_us", "worker_cpu_us",
         "per_server_cpu_s", "per_front_cpu_s", "client_cores", "front_cores", "worker_cores",
         "rss_front_end_mib", "rss_front_peak_mib", "rss_worker_mib",
-        "ratio_metric", "ratio", "target", "met", "label", "p999_ms", "tag"]
+        "ratio_metric", "ratio", "target", "met", "label", "p999_ms", "tag", "gate_shed", "gate_limit"]
 KEYS = ["rps", "p50_ms", "p99_ms", None, None, None, "client_us", "front_us", "worker_us", "per_server_cpu_s",
         "per_front_cpu_s", "client_cores", "front_cores", "worker_cores", "rss_end_mib", "rss_peak_mib",
         "rss_worker_mib"]
@@ -352,7 +366,9 @@ with open(f"{a.out_dir}/{a.scenario}.csv", "w", newline="") as f:
     for r in runs:
         w.writerow(["run", r["case"], r["front"], r["rep"], int(r["valid"]), r["requests"], r4(r["rps"]),
                     r4(r["p50_ms"]), r4(r["p99_ms"]), r["socket_errors"], r["unexpected_status"],
-                    r["expected_rejections"], *(r4(r[k]) for k in KEYS[6:])] + [""] * 5 + [r4(r["p999_ms"]), ""])
+                    r["expected_rejections"], *(r4(r[k]) for k in KEYS[6:])] + [""] * 5 + [r4(r["p999_ms"]), "",
+                    "" if r["gate_shed"] is None else r["gate_shed"],
+                    "" if r["gate_limit"] in ("-", "") else r["gate_limit"]])
     for i, stat in enumerate(["median", "min", "max"]):
         for (case, fr), s in summary.items():
             g = lambda m: r4(s[m][i]) if m and s.get(m) else ""
