@@ -285,8 +285,8 @@ if a.openloop:
                + (" (the unloaded reference)" if mult < 1 else ""), "",
                "| front | runs | dispatched/s | lag p99 ms | queued | goodput 2xx/s (× capacity) | served p50 / p99 / p99.9 ms | "
                "served p99 ms from send | shed share | shed p50 / p99 / max ms from send | statuses | unanswered | "
-               "errors | cores client / front / worker |",
-               "| --- " * 14 + "|"]
+               "errors | cores client / front / worker | gate limit min/med/max |",
+               "| --- " * 15 + "|"]
         for fr in fronts:
             g = ol_sum.get((case, fr))
             if not g:
@@ -301,7 +301,9 @@ if a.openloop:
                       f"{ms(g.get('ok_sent_p99_ms'))} | {g.get('shed_share', 0) * 100:.1f}% | "
                       f"{ms(g.get('shed_sent_p50_ms'), 3)} / {ms(g.get('shed_sent_p99_ms'), 3)} / "
                       f"{ms(g.get('shed_max_ms'), 3)} | {st or '—'} | {g.get('unanswered', 0):.0f} | "
-                      f"{g.get('errors', 0):.0f} | {cores(summary.get((case, fr)))} |")
+                      f"{g.get('errors', 0):.0f} | {cores(summary.get((case, fr)))} | "
+                      + (", ".join(r["gate_limit"] for r in runs if r["case"] == case and r["front"] == fr
+                                   and r["gate_limit"] not in ("-", "")) or "—") + " |")
         md.append("")
     md += ["(shed max is from due, the others from send.)", ""]
 
