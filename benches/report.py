@@ -121,14 +121,17 @@ for case in cases:
 OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, ">": lambda v, t: v > t, "<": lambda v, t: v < t}
 
 
-def add_ratio(case, pair, metric, val, op, target, label, tag=""):
+def add_ratio(case, pair, metric, val, op, target, label, tag="", invalid=""):
     met = ""
     if target and val is not None:
         met = "yes" if OPS[op](val, float(target)) else "NO"
+    elif target and invalid:
+        met = "NO"  # the front ran, but no run of it was valid: the target is missed
     elif target:
         met = "n/a"
     ratios.append({"case": case, "pair": pair, "metric": metric, "value": val,
-                   "target": f"{op} {target}" if target else "", "met": met, "label": label, "tag": tag})
+                   "target": f"{op} {target}" if target else "", "met": met, "label": label, "tag": tag,
+                   "invalid": invalid})
 
 
 ratios = []
@@ -140,7 +143,8 @@ for spec in a.ratio:
     val = None
     if sn and sd and sn.get(metric) and sd.get(metric) and sd[metric][0]:
         val = sn[metric][0] / sd[metric][0]
-    add_ratio(case, f"{num}/{den}", metric, val, op, target, label, tag)
+    invalid = " and ".join(f"`{n}`" for n, x in ((num, sn), (den, sd)) if x and x["runs"] and not x["valid"])
+    add_ratio(case, f"{num}/{den}", metric, val, op, target, label, tag, invalid)
 
 # --- open-loop runs (overload)
 ol_runs, ol_sum, ol_cases, capacity = [], {}, [], None
@@ -313,6 +317,8 @@ if mine:
     for r in mine:
         where = f"{r['case']}: " if len(cases) > 1 else ""
         v = "n/a" if r["value"] is None else f"{r['value']:.2f}×"
+        if r["value"] is None and r.get("invalid"):
+            v = f"n/a (no valid run of {r['invalid']})"
         md.append(f"| {where}{r['label']} | {v} | {r['target'] or '—'} | {r['met'] or '—'} |")
     md.append("")
 tags = []
@@ -324,8 +330,10 @@ for tag in tags:
     for r in ratios:
         if r.get("tag") != tag:
             continue
-        word = {"yes": "PASS", "NO": "MISS"}.get(r["met"], "N/A (not measured)")
+        word = {"yes": "PASS", "NO": "MISS"}.get(r["met"], "N/A (a front not measured in this run)")
         v = "n/a" if r["value"] is None else f"{r['value']:.3f}×"
+        if r["value"] is None and r.get("invalid"):
+            v = f"n/a: no valid run of {r['invalid']} (see the notes)"
         where = f"{r['case']}: " if r["case"] not in ("-", "") else ""
         md.append(f"- {word} — {where}{r['label']}: measured {v}, target {r['target']}")
     md.append("")
