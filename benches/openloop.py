@@ -248,6 +248,7 @@ class Gen:
             "shed_p50_ms": ms(pct(shed, 50)), "shed_p99_ms": ms(pct(shed, 99)),
             "shed_max_ms": ms(shed[-1] if shed else None),
             "shed_sent_p50_ms": ms(pct(shed_s, 50)), "shed_sent_p99_ms": ms(pct(shed_s, 99)),
+            "shed_sent_max_ms": ms(shed_s[-1] if shed_s else None),
             "status": {str(k): v for k, v in sorted(self.status.items())},
             "errors": self.errors, "unanswered": unanswered,
             "conns_opened": self.opened, "client_cpu_s": round(cpu, 3),

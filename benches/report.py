@@ -245,8 +245,9 @@ shedding = [r for r in runs if r["gate_shed"]]
 if shedding:
     md += ["- **the gate answered 503 itself (sheds, from its /metrics) in these runs: "
            + "; ".join(f"{r['front']} {r['case'] + ' ' if r['case'] != '-' else ''}rep {r['rep']}: "
-                       f"{r['gate_shed']} of {r['requests']}" for r in shedding)
-           + "** (a closed-loop client counts them as unexpected statuses: such a run is invalid)", ""]
+                       f"{r['gate_shed']} of {r['requests']}{'' if r['valid'] else ' (invalid run)'}"
+                       for r in shedding)
+           + "** (to a closed-loop client a 503 is an unexpected status, which makes the run invalid)", ""]
 per = "msg" if unit == "messages" else "req"
 main_cases = [c for c in cases if not a.main_cases or c in a.main_cases.split()]
 p999 = a.p999
@@ -304,12 +305,11 @@ if a.openloop:
                       f"{ms(g.get('ok_p50_ms'))} / {ms(g.get('ok_p99_ms'))} / {ms(g.get('ok_p999_ms'))} | "
                       f"{ms(g.get('ok_sent_p99_ms'))} | {g.get('shed_share', 0) * 100:.1f}% | "
                       f"{ms(g.get('shed_sent_p50_ms'), 3)} / {ms(g.get('shed_sent_p99_ms'), 3)} / "
-                      f"{ms(g.get('shed_max_ms'), 3)} | {st or '—'} | {g.get('unanswered', 0):.0f} | "
+                      f"{ms(g.get('shed_sent_max_ms'), 3)} | {st or '—'} | {g.get('unanswered', 0):.0f} | "
                       f"{g.get('errors', 0):.0f} | {cores(summary.get((case, fr)))} | "
                       + (", ".join(r["gate_limit"] for r in runs if r["case"] == case and r["front"] == fr
                                    and r["gate_limit"] not in ("-", "")) or "—") + " |")
         md.append("")
-    md += ["(shed max is from due, the others from send.)", ""]
 
 mine = [r for r in ratios]
 if mine:
