@@ -76,7 +76,7 @@ with open(a.raw) as f:
         cores = lambda t: t / clk / dur if dur else math.nan
         server = fti + wti
         runs.append({
-            "case": case, "front": front, "rep": int(rep), "requests": req,
+            "case": case, "front": front, "rep": int(rep), "requests": req, "dur": dur,
             "rps": req / dur if dur else 0.0,
             "p50_ms": float(p50), "p99_ms": float(p99),
             "p999_ms": float(p999) if float(p999) >= 0 else None,
@@ -245,7 +245,8 @@ shedding = [r for r in runs if r["gate_shed"]]
 if shedding:
     md += ["- **the gate answered 503 itself (sheds, from its /metrics) in these runs: "
            + "; ".join(f"{r['front']} {r['case'] + ' ' if r['case'] != '-' else ''}rep {r['rep']}: "
-                       f"{r['gate_shed']} of {r['requests']}{'' if r['valid'] else ' (invalid run)'}"
+                       f"{r['gate_shed']} of {r['requests']}, {(r['requests'] - r['gate_shed']) / r['dur']:.0f}/s not shed"
+                       f"{'' if r['valid'] else ' (invalid run)'}"
                        for r in shedding)
            + "** (to a closed-loop client a 503 is an unexpected status, which makes the run invalid)", ""]
 per = "msg" if unit == "messages" else "req"
