@@ -245,7 +245,7 @@ shedding = [r for r in runs if r["gate_shed"]]
 if shedding:
     md += ["- **the gate answered 503 itself (sheds, from its /metrics) in these runs: "
            + "; ".join(f"{r['front']} {r['case'] + ' ' if r['case'] != '-' else ''}rep {r['rep']}: "
-                       f"{r['gate_shed']} of {r['requests']}, {(r['requests'] - r['gate_shed']) / r['dur']:.0f}/s not shed"
+                       f"{r['gate_shed']} of {r['requests']}, {(r['requests'] - r['gate_shed']) / (r['dur'] or 1):.0f}/s not shed"
                        f"{'' if r['valid'] else ' (invalid run)'}"
                        for r in shedding)
            + "** (to a closed-loop client a 503 is an unexpected status, which makes the run invalid)", ""]
