@@ -355,13 +355,13 @@ declare -A GATE_ADMIN=()
 
 # gate_metric ADDR NAME: REPLY = the sum of the samples of metric NAME on the
 # gate's admin /metrics (integers), "" when unreachable or absent. Bash's
-# /dev/tcp, no fork: a sampler running beside a load costs next to nothing.
+# /dev/tcp, no curl: a sampler running beside a load costs next to nothing.
 gate_metric() {
     local addr="$1" name="$2" line v sum=0 found=0 fd
     REPLY=""
     exec {fd}<>"/dev/tcp/${addr%:*}/${addr##*:}" || return 0
     printf 'GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n' "$addr" >&"$fd"
-    while IFS= read -r line <&"$fd"; do
+    while IFS= read -r -t 2 line <&"$fd"; do
         line="${line%$'\r'}"
         if [[ "$line" == "$name{"* || "$line" == "$name "* ]]; then
             v="${line##* }"
