@@ -474,7 +474,10 @@ mod tests {
         let mut p = QueuePolicy::new(Duration::from_secs(5), 0);
         p.completed(0, Some(Duration::from_millis(20)), 0);
         p.completed(1_000 * MS, Some(Duration::from_millis(20)), 60);
-        assert_eq!(p.arrival(1_000 * MS, 60, Some(1_000 * MS), 1), Arrival::Wait);
+        assert_eq!(
+            p.arrival(1_000 * MS, 60, Some(1_000 * MS), 1),
+            Arrival::Wait
+        );
         p.completed(1_020 * MS, Some(Duration::from_millis(20)), 59);
         assert_eq!(p.gap as u64, 20 * MS);
     }
