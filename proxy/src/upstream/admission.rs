@@ -262,34 +262,15 @@ impl Admission {
         }
         loop {
             let lifo = st.policy.lifo();
-            // Skip the gone at the end we serve from.
-            while let Some(w) = if lifo {
-                st.queue.back()
-            } else {
-                st.queue.front()
-            } {
-                if !w.tx.is_closed() {
-                    break;
-                }
-                if lifo {
-                    st.queue.pop_back();
-                } else {
-                    st.queue.pop_front();
-                }
+            let Some(w) = st.pop_served(lifo) else { return };
+            if w.tx.is_closed() {
                 st.policy.left(1);
-            }
-            if st.queue.is_empty() {
-                return;
+                continue;
             }
             let Some(worker) = self.take_slot(st, now) else {
+                st.push_served(lifo, w);
                 return;
             };
-            let next = if lifo {
-                st.queue.pop_back()
-            } else {
-                st.queue.pop_front()
-            };
-            let Some(w) = next else { return };
             let permit = self.permit(st, worker, now);
             if let Err(Ok(mut unsent)) = w.tx.send(Ok(permit)) {
                 // Gone between the check and the send: the slot is free
@@ -347,6 +328,24 @@ impl State {
     /// [`Limiter::steady_limit`]).
     fn capacity(&self) -> usize {
         self.limiters.iter().map(Limiter::steady_limit).sum()
+    }
+
+    /// The waiter served next: the oldest, or the newest in LIFO.
+    fn pop_served(&mut self, lifo: bool) -> Option<Waiter> {
+        if lifo {
+            self.queue.pop_back()
+        } else {
+            self.queue.pop_front()
+        }
+    }
+
+    /// Puts back what [`State::pop_served`] took, at the same end.
+    fn push_served(&mut self, lifo: bool, w: Waiter) {
+        if lifo {
+            self.queue.push_back(w)
+        } else {
+            self.queue.push_front(w)
+        }
     }
 
     fn purge_front(&mut self) {
