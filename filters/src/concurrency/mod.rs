@@ -194,6 +194,9 @@ pub struct Limiter {
     min_rtt: Option<u64>,
     phase: Phase,
     windows_at_min: u32,
+    /// The last window raised the limit below `max_limit`: the worker's
+    /// capacity is not found yet.
+    rising: bool,
 
     window_start: u64,
     window_max_in_flight: usize,
@@ -249,6 +252,7 @@ impl Limiter {
             min_rtt: None,
             phase: Phase::Gradient { next_probe: now },
             windows_at_min: 0,
+            rising: true,
             window_start: now,
             window_max_in_flight: 0,
             window_len: 0,
@@ -280,6 +284,15 @@ impl Limiter {
             }
             Phase::Gradient { .. } => self.limit(),
         }
+    }
+
+    /// Whether the limit is this worker's found capacity: measured, not
+    /// in a probe, and not still climbing. A queue that predicts waits
+    /// from the pace of completions must learn that pace only while the
+    /// limiter is settled: during a probe or the start-up climb the
+    /// workers complete fewer requests than they soon will.
+    pub fn settled(&self) -> bool {
+        !self.probing() && self.min_rtt.is_some() && !self.rising
     }
 
     /// Requests admitted and not yet released.
@@ -385,6 +398,7 @@ impl Limiter {
             }
             Phase::Gradient { .. } => {
                 self.limit = (self.limit * self.drop_backoff).max(min);
+                self.rising = false;
                 self.reset_window(now);
             }
         }
@@ -441,10 +455,12 @@ impl Limiter {
                     .clamp(MIN_GRADIENT, MAX_GRADIENT)
             };
             let app_limited = (self.window_max_in_flight as f64) < self.limit / 2.0;
+            let before = self.limit;
             if gradient < 1.0 || !app_limited {
                 let next = self.limit * gradient + self.limit.sqrt();
                 self.limit = next.clamp(self.min_limit as f64, self.max_limit as f64);
             }
+            self.rising = self.limit > before && self.limit < self.max_limit as f64;
         }
         if self.limit() <= self.min_limit {
             self.windows_at_min += 1;

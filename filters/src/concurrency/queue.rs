@@ -132,17 +132,23 @@ impl QueuePolicy {
     }
 
     /// A request admitted earlier completed at `now`; `rtt` is its latency
-    /// if it succeeded, and `waiting` requests were queued.
-    pub fn completed(&mut self, now: u64, rtt: Option<Duration>, waiting: usize) {
+    /// if it succeeded, `waiting` requests were queued, and `steady` says
+    /// whether its worker's limit was settled ([`super::Limiter::settled`]).
+    pub fn completed(&mut self, now: u64, rtt: Option<Duration>, waiting: usize, steady: bool) {
         self.completed += 1;
-        // Only gaps with requests waiting at both ends: the time since a
-        // completion before an idle spell says nothing about the service
-        // rate (one such gap of 1 s once predicted a 61 s wait for 60
-        // waiters and shed a closed loop of 64 clients).
-        if let Some(last) = self.last_completion.filter(|_| waiting > 0) {
+        // Only gaps between steady completions with requests waiting at
+        // both ends. An idle spell before a burst says nothing about the
+        // service rate (one such gap of 1 s once predicted a 61 s wait for
+        // 60 waiters and shed a closed loop of 64 clients), and neither
+        // does a probe or the start-up climb, when the worker runs fewer
+        // requests than it soon will (a start-up probe at one 50 ms request
+        // at a time predicted 6 s for 127 waiters and shed a closed loop of
+        // 128 clients that the limit reached a second later).
+        let sample = waiting > 0 && steady;
+        if let Some(last) = self.last_completion.filter(|_| sample) {
             self.gap = ewma(self.gap, now.saturating_sub(last) as f64);
         }
-        self.last_completion = (waiting > 0).then_some(now);
+        self.last_completion = sample.then_some(now);
         if let Some(rtt) = rtt {
             self.rtt = ewma(self.rtt, nanos(rtt) as f64);
         }
@@ -280,7 +286,7 @@ mod tests {
     impl Sim {
         fn new(timeout: Duration, limit: usize, rtt: Duration) -> Sim {
             let mut policy = QueuePolicy::new(timeout, 0);
-            policy.completed(0, Some(rtt), 0);
+            policy.completed(0, Some(rtt), 0, true);
             Sim {
                 policy,
                 queue: Default::default(),
@@ -312,7 +318,7 @@ mod tests {
         fn complete(&mut self, now: u64) {
             let waiting = self.queue.len();
             self.policy
-                .completed(now, Some(Duration::from_millis(2)), waiting);
+                .completed(now, Some(Duration::from_millis(2)), waiting, true);
             let oldest = self.queue.front().copied();
             self.policy.tick(now, oldest, self.limit);
             if let Some((before, keep)) = self.policy.stale(now, self.limit) {
@@ -400,8 +406,8 @@ mod tests {
         // A completion every 2.5 ms while requests wait: the 2001st waiter
         // would wait 5 s.
         let mut p = QueuePolicy::new(Duration::from_secs(5), 0);
-        p.completed(0, None, 1);
-        p.completed(2_500_000, Some(Duration::from_millis(10)), 1);
+        p.completed(0, None, 1, true);
+        p.completed(2_500_000, Some(Duration::from_millis(10)), 1, true);
         assert_eq!(p.arrival(1, 1998, Some(0), 4), Arrival::Wait);
         assert_eq!(p.arrival(2, 2000, Some(0), 4), Arrival::Shed);
         // No latency known yet: nothing is predicted, the timeout decides.
@@ -472,13 +478,13 @@ mod tests {
     fn an_idle_spell_is_not_a_gap_between_completions() {
         // One request, then 1 s idle, then 60 waiters served one per 20 ms.
         let mut p = QueuePolicy::new(Duration::from_secs(5), 0);
-        p.completed(0, Some(Duration::from_millis(20)), 0);
-        p.completed(1_000 * MS, Some(Duration::from_millis(20)), 60);
+        p.completed(0, Some(Duration::from_millis(20)), 0, true);
+        p.completed(1_000 * MS, Some(Duration::from_millis(20)), 60, true);
         assert_eq!(
             p.arrival(1_000 * MS, 60, Some(1_000 * MS), 1),
             Arrival::Wait
         );
-        p.completed(1_020 * MS, Some(Duration::from_millis(20)), 59);
+        p.completed(1_020 * MS, Some(Duration::from_millis(20)), 59, true);
         assert_eq!(p.gap as u64, 20 * MS);
     }
 
@@ -486,11 +492,11 @@ mod tests {
     fn the_standing_threshold_follows_the_latency() {
         let mut p = QueuePolicy::new(Duration::from_secs(5), 0);
         assert_eq!(p.standing(), 50 * MS);
-        p.completed(0, Some(Duration::from_millis(100)), 0);
+        p.completed(0, Some(Duration::from_millis(100)), 0, true);
         assert_eq!(p.standing(), 200 * MS);
-        p.completed(1, Some(Duration::MAX), 0);
+        p.completed(1, Some(Duration::MAX), 0, true);
         assert!(p.standing() >= 200 * MS);
-        p.completed(2, None, 0);
+        p.completed(2, None, 0, true);
         assert!(p.standing() >= 200 * MS);
     }
 

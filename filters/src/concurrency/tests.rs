@@ -439,3 +439,107 @@ fn concurrency_a_probe_waits_for_traffic_before_it_times_out() {
     assert_eq!(lim.min_rtt(), Some(Duration::from_millis(2)));
     assert_eq!(lim.limit(), Params::default().initial_limit);
 }
+
+/// The limiter and the queue policy together, as the gate runs them:
+/// `clients` closed-loop clients all arrive at `0` (a pool that connects
+/// at once), wait FIFO/LIFO in the queue or are shed (and resend at once),
+/// and the worker answers each request after `latency(in_flight)`. The
+/// ticker looks at the queue every 50 ms. Returns (completions, sheds).
+fn closed_population(clients: usize, end: u64, latency: impl Fn(usize) -> u64) -> (u64, u64) {
+    let mut lim = Limiter::new(
+        Params {
+            max_limit: 256,
+            ..Params::default()
+        },
+        0,
+    );
+    let mut policy = QueuePolicy::new(Duration::from_secs(5), 0);
+    // (done, sent)
+    let mut in_worker: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
+    let mut queue: VecDeque<u64> = VecDeque::new();
+    let (mut completions, mut sheds) = (0u64, 0u64);
+    let mut ready = clients; // clients with a request to send now
+    let mut now = 0u64;
+    let mut next_tick = 50 * MS;
+    while now < end {
+        // Arrivals.
+        while ready > 0 {
+            ready -= 1;
+            if queue.is_empty() && lim.try_acquire(now) {
+                in_worker.push(Reverse((now + latency(lim.in_flight()), now)));
+                continue;
+            }
+            let oldest = queue.front().copied();
+            match policy.arrival(now, queue.len(), oldest, lim.steady_limit()) {
+                Arrival::Wait => queue.push_back(now),
+                Arrival::Shed => {
+                    sheds += 1;
+                    ready += 1;
+                    // The shed client resends after a round trip.
+                    break;
+                }
+            }
+        }
+        // Dispatch.
+        let cap = lim.steady_limit();
+        policy.tick(now, queue.front().copied(), cap);
+        if let Some((before, keep)) = policy.stale(now, cap) {
+            let mut refused = false;
+            while queue.len() > keep || queue.front().is_some_and(|&t| t < before) {
+                queue.pop_front();
+                policy.left(1);
+                sheds += 1;
+                ready += 1;
+                refused = true;
+            }
+            if refused {
+                policy.refused();
+            }
+        }
+        while !queue.is_empty() && lim.try_acquire(now) {
+            let _ = if policy.lifo() {
+                queue.pop_back()
+            } else {
+                queue.pop_front()
+            };
+            in_worker.push(Reverse((now + latency(lim.in_flight()), now)));
+        }
+        // Next event: a completion, a tick, or a shed client's resend.
+        let t_done = in_worker.peek().map_or(u64::MAX, |r| r.0 .0);
+        let t_resend = if ready > 0 { now + 100_000 } else { u64::MAX };
+        now = t_done.min(next_tick).min(t_resend);
+        if now == next_tick {
+            next_tick += 50 * MS;
+        }
+        while in_worker.peek().is_some_and(|r| r.0 .0 <= now) {
+            if let Some(Reverse((done, sent))) = in_worker.pop() {
+                let rtt = Duration::from_nanos(done - sent);
+                lim.release(now, rtt, Outcome::Success);
+                policy.completed(now, Some(rtt), queue.len(), lim.settled());
+                completions += 1;
+                ready += 1;
+            }
+        }
+    }
+    (completions, sheds)
+}
+
+#[test]
+fn concurrency_a_closed_population_arriving_at_once_is_not_shed() {
+    // An I/O-bound handler (50 ms whatever the concurrency), 128 clients.
+    // Before the fix: 2000 sheds, all in the start-up probe.
+    for (ms, secs) in [(50, 7), (150, 12)] {
+        let (done, sheds) = closed_population(128, secs * S, |_| ms * MS);
+        assert!(done > secs * 1000 / ms * 64, "{ms} ms: {done} completions");
+        assert_eq!(
+            sheds,
+            0,
+            "{ms} ms: {sheds} sheds of {} requests",
+            done + sheds
+        );
+    }
+    // CPU-bound (each request in the loop makes all of them slower).
+    let (done, sheds) = closed_population(128, 7 * S, |in_flight| in_flight as u64 * 2 * MS);
+    assert!(done > 2000, "cpu-bound: {done} completions");
+    assert_eq!(sheds, 0, "cpu-bound: {sheds} sheds");
+}

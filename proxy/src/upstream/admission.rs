@@ -233,12 +233,14 @@ impl Admission {
         let now = self.now();
         let rtt = Duration::from_nanos(now.saturating_sub(granted));
         let mut st = self.lock();
+        let mut steady = false;
         if let Some(l) = st.limiters.get_mut(worker) {
+            steady = l.settled();
             l.release(now, rtt, outcome);
         }
         let waiting = st.queue.len();
-        st.policy
-            .completed(now, (outcome == Outcome::Success).then_some(rtt), waiting);
+        let rtt = (outcome == Outcome::Success).then_some(rtt);
+        st.policy.completed(now, rtt, waiting, steady);
         self.dispatch(&mut st, now);
     }
 
