@@ -12,15 +12,39 @@ fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Build output, environments and VCS data: not the repository's files.
-const SKIP_DIRS: &[&str] = &[
-    ".git",
-    "target",
-    ".venv",
-    "node_modules",
-    "__pycache__",
-    "tmp",
-];
+/// The repository's files as git sees them: tracked, plus new files not
+/// ignored (so a page not yet added is checked too, and venvs, build output
+/// and other ignored folders are not).
+fn repo_files(root: &Path) -> Vec<PathBuf> {
+    let out = std::process::Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(root)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => o
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| root.join(String::from_utf8_lossy(p).as_ref()))
+            .filter(|p| p.is_file())
+            .collect(),
+        // Not a git checkout (a source archive): every file but the usual
+        // build output and environments.
+        _ => {
+            let mut paths = Vec::new();
+            walk(root, &mut paths);
+            paths
+        }
+    }
+}
+
+const SKIP_DIRS: &[&str] = &[".git", "target", "node_modules", "__pycache__"];
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -31,7 +55,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let name = e.file_name();
         let Ok(kind) = e.file_type() else { continue };
         if kind.is_dir() {
-            if !SKIP_DIRS.iter().any(|s| name == *s) {
+            let hidden_env = name.to_string_lossy().starts_with(".venv");
+            if !hidden_env && !SKIP_DIRS.iter().any(|s| name == *s) {
                 walk(&path, out);
             }
         } else if kind.is_file() {
@@ -42,8 +67,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// Text files of the repository (a NUL in the first 8 KiB means binary).
 fn text_files() -> Vec<(PathBuf, String)> {
-    let mut paths = Vec::new();
-    walk(&root(), &mut paths);
+    let mut paths = repo_files(&root());
     paths.sort();
     paths
         .into_iter()
