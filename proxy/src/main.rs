@@ -41,7 +41,8 @@ const SUPERVISED_UPSTREAM: &str = "app";
 #[derive(Parser)]
 #[command(
     name = "asgi-gate",
-    version,
+    // The commit comes from build.rs ("unknown" outside a git checkout).
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ASGI_GATE_COMMIT"), ")"),
     about = "Reverse proxy in front of Python ASGI workers on Unix sockets",
     after_help = "Examples:\n  asgi-gate -c gate.yaml            serve\n  asgi-gate check -c gate.yaml      validate the config and print every error\n  asgi-gate run -- uvicorn app:app  start uvicorn workers and serve them on 127.0.0.1:8000"
 )]

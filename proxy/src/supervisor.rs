@@ -78,7 +78,7 @@ enum SocketArg {
     Gunicorn,
 }
 
-/// Checks that `command` can be given a socket (see the README's convention).
+/// Checks that `command` can be given a socket (the convention in docs/cli.md).
 pub fn check_command(command: &[String]) -> Result<(), SupervisorError> {
     socket_arg(command).map(|_| ())
 }
@@ -118,7 +118,7 @@ fn socket_arg(command: &[String]) -> Result<SocketArg, SupervisorError> {
     Ok(style)
 }
 
-/// Worker `socket`'s command line, by the convention in the README.
+/// Worker `socket`'s command line, by the convention in docs/cli.md.
 fn worker_argv(command: &[String], socket: &str) -> Result<Vec<String>, SupervisorError> {
     let mut argv = command.to_vec();
     match socket_arg(command)? {

@@ -354,9 +354,8 @@ fn drain(reader: impl Read + Send + 'static, cap: Arc<Mutex<Captured>>, is_stder
     });
 }
 
-/// `asgi-gate <args> [-c <config>] <tail>`, output piped, dying with the test.
-fn gate_command(args: &[&str], config_path: Option<&Path>, tail: &[&str]) -> Command {
-    let bin = gate_bin();
+/// `<bin> <args> [-c <config>] <tail>`, output piped, dying with the test.
+fn gate_command(bin: &Path, args: &[&str], config_path: Option<&Path>, tail: &[&str]) -> Command {
     assert!(
         bin.exists(),
         "{} missing: run `cargo build -p asgi-gate` or set ASGI_GATE_BIN",
@@ -402,7 +401,7 @@ impl Gate {
 
     /// `asgi-gate <args> -c <dir>/gate.yaml` with `env` added.
     pub async fn start_with(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Gate {
-        Self::launch(yaml, args, &[], env, Duration::from_secs(15)).await
+        Self::launch(&gate_bin(), yaml, args, &[], env, Duration::from_secs(15)).await
     }
 
     /// Supervisor mode: `asgi-gate run -c <dir>/gate.yaml <run_args> -- <worker>`,
@@ -413,13 +412,27 @@ impl Gate {
         worker: &[String],
         wait: Duration,
     ) -> Gate {
+        Self::start_run_bin(&gate_bin(), yaml, run_args, worker, &[], wait).await
+    }
+
+    /// `start_run` with another `asgi-gate` binary (one installed from the
+    /// wheel) and `env` added.
+    pub async fn start_run_bin(
+        bin: &Path,
+        yaml: &str,
+        run_args: &[&str],
+        worker: &[String],
+        env: &[(&str, &str)],
+        wait: Duration,
+    ) -> Gate {
         let mut tail: Vec<&str> = run_args.to_vec();
         tail.push("--");
         tail.extend(worker.iter().map(String::as_str));
-        Self::launch(yaml, &["run"], &tail, &[], wait).await
+        Self::launch(bin, yaml, &["run"], &tail, env, wait).await
     }
 
     async fn launch(
+        bin: &Path,
         yaml: &str,
         args: &[&str],
         tail: &[&str],
@@ -427,7 +440,7 @@ impl Gate {
         wait: Duration,
     ) -> Gate {
         let (dir, config_path) = write_config(yaml);
-        let mut cmd = gate_command(args, Some(&config_path), tail);
+        let mut cmd = gate_command(bin, args, Some(&config_path), tail);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -575,7 +588,7 @@ pub async fn run_to_exit(
     env: &[(&str, &str)],
 ) -> Finished {
     let (dir, config_path) = write_config(yaml.unwrap_or(""));
-    let mut cmd = gate_command(args, yaml.map(|_| config_path.as_path()), tail);
+    let mut cmd = gate_command(&gate_bin(), args, yaml.map(|_| config_path.as_path()), tail);
     for (k, v) in env {
         cmd.env(k, v);
     }

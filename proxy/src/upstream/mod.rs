@@ -23,7 +23,7 @@
 //! is 5 s).
 //!
 //! A request a worker could not take goes to another worker of the upstream
-//! (see [`Upstream::send`] and the README's "Errors from the worker side").
+//! (see [`Upstream::send`] and docs/behaviour.md, "Errors from the worker side").
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
