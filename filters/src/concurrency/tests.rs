@@ -234,11 +234,15 @@ fn concurrency_probes_dip_to_min_and_recover() {
             .map(|d| (d.0 as f64 / S as f64, d.1, d.2.map(|t| (t - d.0) / MS)))
             .collect::<Vec<_>>()
     );
-    // 60 s / (5..5.75 s) after the first probe.
-    assert!((10..=12).contains(&dips.len()), "{} dips", dips.len());
-    for w in dips.windows(2) {
+    // The worker does not change, so the gaps double from 5 s to 40 s
+    // (each plus up to 15 % jitter): 5, 10, 20, then 40 s.
+    assert_eq!(dips.len(), 3, "{} dips", dips.len());
+    for (w, base) in dips.windows(2).zip([10 * S, 20 * S]) {
         let gap = w[1].0 - w[0].0;
-        assert!((5 * S..=6 * S).contains(&gap), "probe gap {gap}");
+        assert!(
+            (base..=base * 23 / 20).contains(&gap),
+            "probe gap {gap} for {base}"
+        );
     }
     for d in &dips {
         assert!(d.1 >= 58);
@@ -542,4 +546,33 @@ fn concurrency_a_closed_population_arriving_at_once_is_not_shed() {
     let (done, sheds) = closed_population(128, 7 * S, |in_flight| in_flight as u64 * 2 * MS);
     assert!(done > 2000, "cpu-bound: {done} completions");
     assert_eq!(sheds, 0, "cpu-bound: {sheds} sheds");
+}
+
+#[test]
+fn concurrency_a_changed_min_rtt_brings_the_probe_interval_back() {
+    // 20 ms requests for 40 s (the interval backs off to 40 s), then 40 ms.
+    let model = |now: u64| Model {
+        io: if now < 40 * S { 20 * MS } else { 40 * MS },
+        cpu: 0,
+    };
+    let mut lim = Limiter::new(Params::default(), 0);
+    let mut starts = Vec::new();
+    let mut was = false;
+    simulate(Some(&mut lim), 64, 120 * S, 0, model, |now, l| {
+        if l.probing() && !was {
+            starts.push(now);
+        }
+        was = l.probing();
+    });
+    let secs: Vec<f64> = starts.iter().map(|&t| t as f64 / S as f64).collect();
+    // The first probe after 40 s finds 40 ms: the next comes 5 s later.
+    let i = starts
+        .iter()
+        .position(|&t| t >= 40 * S)
+        .expect("a probe after the change");
+    let gap = starts.get(i + 1).map(|&t| t - starts[i]);
+    assert!(
+        gap.is_some_and(|g| (5 * S..=6 * S).contains(&g)),
+        "probes at {secs:.1?}"
+    );
 }
