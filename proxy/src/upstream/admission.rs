@@ -296,22 +296,26 @@ impl Admission {
                     .get(i)
                     .is_some_and(|h| h.load(Ordering::Relaxed))
         };
-        // Every admission runs this under the lock: a search, no allocation.
-        // A worker is tried once, fewest in flight first; `try_acquire`
-        // may refuse one whose limit just fell (a probe that began).
-        let mut tried = Tried::new(st.limiters.len());
+        // Every admission runs this under the lock: a search, no allocation
+        // (`Vec::new` allocates nothing). A worker is tried once, fewest in
+        // flight first; `try_acquire` may refuse one whose limit just fell
+        // (a probe that began), and only then is `tried` filled.
+        let mut tried: Vec<bool> = Vec::new();
         loop {
             let next = st
                 .limiters
                 .iter()
                 .enumerate()
-                .filter(|&(i, _)| eligible(i) && !tried.get(i))
+                .filter(|&(i, _)| eligible(i) && !tried.get(i).copied().unwrap_or(false))
                 .min_by_key(|&(i, l)| (l.in_flight(), i))
                 .map(|(i, _)| i)?;
             if st.limiters[next].try_acquire(now) {
                 return Some(next);
             }
-            tried.set(next);
+            if tried.is_empty() {
+                tried = vec![false; st.limiters.len()];
+            }
+            tried[next] = true;
         }
     }
 
@@ -327,39 +331,6 @@ impl Admission {
             .iter()
             .filter(|w| !w.tx.is_closed())
             .count()
-    }
-}
-
-/// Which workers [`Admission::take_slot`] has tried: a word for up to 64
-/// workers (no allocation), a vector beyond.
-enum Tried {
-    Word(u64),
-    Many(Vec<bool>),
-}
-
-impl Tried {
-    fn new(n: usize) -> Tried {
-        if n <= 64 {
-            Tried::Word(0)
-        } else {
-            Tried::Many(vec![false; n])
-        }
-    }
-    fn get(&self, i: usize) -> bool {
-        match self {
-            Tried::Word(w) => w >> i & 1 == 1,
-            Tried::Many(v) => v.get(i).copied().unwrap_or(true),
-        }
-    }
-    fn set(&mut self, i: usize) {
-        match self {
-            Tried::Word(w) => *w |= 1 << i,
-            Tried::Many(v) => {
-                if let Some(b) = v.get_mut(i) {
-                    *b = true;
-                }
-            }
-        }
     }
 }
 
