@@ -104,6 +104,7 @@ class Gen:
         self.status = {}
         self.errors = 0
         self.drained = None
+        self.events = []  # (due - t0, latency from send, 2xx?) for --series
 
     # --- sending
     def send(self, c, due):
@@ -162,7 +163,7 @@ class Gen:
             return
         now = self.loop.time()
         lat, lat_sent = now - c.due, now - c.sent
-        c.due = None
+        c_due, c.due = c.due, None
         if 200 <= status < 300:
             self.ok.append(lat)
             self.ok_sent.append(lat_sent)
@@ -172,6 +173,8 @@ class Gen:
             self.shed.append(lat)
             self.shed_sent.append(lat_sent)
         self.status[status] = self.status.get(status, 0) + 1
+        if self.a.series:
+            self.events.append((c_due - self.t0, lat_sent, 200 <= status < 300))
         self.finish()
         if keep:
             self.free(c)
@@ -194,6 +197,20 @@ class Gen:
             due = self.backlog[self.bl_head]
             self.bl_head += 1
             self.open_conn(due)
+
+    def write_series(self, path, ms):
+        """Per 250 ms of due time: served and shed counts and their p99 from send."""
+        buckets = {}
+        for t, lat, ok in self.events:
+            b = buckets.setdefault(int(t / 0.25), ([], []))
+            b[0 if ok else 1].append(lat)
+        with open(path, "w") as f:
+            for k in sorted(buckets):
+                ok, shed = sorted(buckets[k][0]), sorted(buckets[k][1])
+                f.write(json.dumps({
+                    "t": k * 0.25, "ok": len(ok), "ok_p99_ms": ms(pct(ok, 99)),
+                    "shed": len(shed), "shed_p99_ms": ms(pct(shed, 99)),
+                }) + "\n")
 
     # --- the run
     async def run(self):
@@ -234,6 +251,8 @@ class Gen:
         ok, shed, lags = sorted(self.ok), sorted(self.shed), sorted(self.lags)
         ok_s, shed_s = sorted(self.ok_sent), sorted(self.shed_sent)
         ms = lambda v: None if v is None else round(v * 1000, 3)
+        if a.series:
+            self.write_series(a.series, ms)
         answered = len(ok) + len(shed)
         return {
             "rate": a.rate, "duration_s": a.duration, "due": total,
@@ -266,6 +285,7 @@ def main():
     p.add_argument("--max-conns", type=int, default=1024)
     p.add_argument("--preopen", type=int, default=64)
     p.add_argument("--grace", type=float, default=5.0, help="seconds to wait for answers after the window")
+    p.add_argument("--series", help="write served/shed counts and p99 per 250 ms of due time here (JSON lines)")
     a = p.parse_args()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -22,18 +22,25 @@
 //!   waiting, and a burst (clients connecting at once) is served without
 //!   making everyone wait for all of it. Nothing more is refused. Two
 //!   intervals without growth return to FIFO.
-//! - **Overload (LIFO and shedding).** When the growth lasts
-//!   [`OVERLOAD_INTERVALS`] intervals (300 ms), arrivals outpace the workers
-//!   and the queue could only end in timeouts: at most `Σ limit` requests
-//!   wait, the rest are refused on arrival in microseconds, and waiters
-//!   older than the standing threshold are refused. Served requests wait
-//!   about one completion. Overload returns to LIFO after an interval
-//!   without a refusal, or after [`OVERLOAD_MAX`] (2 s) in any case
-//!   (clients that resend the moment they are refused would otherwise keep
-//!   it on). Only requests that join the queue count as arrivals, and
-//!   requests that leave it unserved (cancelled, timed out, refused) count
-//!   as departures: a burst of requests cancelled while queued, or shed
-//!   clients resending, is not growth.
+//! - **Overload (shedding).** When the growth lasts [`OVERLOAD_INTERVALS`]
+//!   intervals (300 ms), arrivals outpace the workers and the queue could
+//!   only end in timeouts: the newest `Σ limit` waiters are kept and the
+//!   others refused, then at most `Σ limit` requests wait, in arrival order,
+//!   and the rest are refused on arrival, in microseconds. Every request
+//!   that waits is served, after about `Σ limit` completions, so no
+//!   request is refused after waiting (a LIFO stack would bury its oldest
+//!   waiters until they went stale, and refuse them late). Overload returns
+//!   to LIFO after an interval without a refusal; or, as a trial, after
+//!   [`OVERLOAD_MAX`] (2 s) in any case: clients that resend the moment
+//!   they are refused (a closed population) would otherwise keep it on
+//!   while a queue would serve them all. An open load shows itself again
+//!   within two intervals of a trial and is refused as before; each trial
+//!   that ends that way doubles the time to the next (to
+//!   [`OVERLOAD_MAX_BACKOFF`]), since a trial lets a backlog build that is
+//!   then refused late. Only requests that join the queue count as
+//!   arrivals, and requests that leave it unserved (cancelled, timed out,
+//!   refused) count as departures: a burst of requests cancelled while
+//!   queued, or shed clients resending, is not growth.
 //!
 //! The idea is Facebook's "adaptive LIFO" with a CoDel-style standing-queue
 //! test (Maurer, "Fail at Scale", ACM Queue 13(8), 2015; Nichols and
@@ -49,8 +56,13 @@ use std::time::Duration;
 pub const INTERVAL: Duration = Duration::from_millis(50);
 /// Lowest standing threshold.
 pub const STANDING_MIN: Duration = Duration::from_millis(50);
-/// Longest overload before the policy looks again with normal refusals.
+/// Longest overload before the policy looks again with normal refusals
+/// (a trial).
 pub const OVERLOAD_MAX: Duration = Duration::from_secs(2);
+/// The most that trials which find the load still open can stretch it to.
+pub const OVERLOAD_MAX_BACKOFF: Duration = Duration::from_secs(16);
+/// Within this of a trial, a return to overload says the load was open.
+const TRIAL_SPAN: Duration = Duration::from_secs(1);
 /// Intervals of growth in a row that turn the queue LIFO, and that make
 /// it shed; intervals without growth that turn it FIFO again.
 const LIFO_INTERVALS: u32 = 2;
@@ -76,12 +88,19 @@ enum Regime {
     Overload { since: u64 },
 }
 
+/// After a trial: when it began, for [`TRIAL_SPAN`].
+type Trial = Option<u64>;
+
 #[derive(Debug, Clone)]
 pub struct QueuePolicy {
     timeout: u64,
     interval: u64,
     standing_min: u64,
     overload_max: u64,
+    /// How long this overload may last before a trial; doubles while
+    /// trials find the load open.
+    overload_for: u64,
+    trial: Trial,
     /// Average latency of successful requests, ns (0 until the first).
     rtt: f64,
     /// Average time between completions while requests waited, ns (0
@@ -118,6 +137,8 @@ impl QueuePolicy {
             interval: nanos(INTERVAL),
             standing_min: nanos(STANDING_MIN),
             overload_max: nanos(OVERLOAD_MAX),
+            overload_for: nanos(OVERLOAD_MAX),
+            trial: None,
             rtt: 0.0,
             gap: 0.0,
             last_completion: None,
@@ -156,7 +177,7 @@ impl QueuePolicy {
 
     /// Serve the newest waiter first.
     pub fn lifo(&self) -> bool {
-        self.regime != Regime::Normal
+        self.regime == Regime::Lifo
     }
 
     /// Whether the queue is refusing as overloaded.
@@ -240,21 +261,47 @@ impl QueuePolicy {
             self.grew = 0;
             self.quiet += 1;
         }
+        let in_trial = self
+            .trial
+            .is_some_and(|t| now.saturating_sub(t) < nanos(TRIAL_SPAN));
+        if !in_trial {
+            self.trial = None;
+        }
+        // After a trial, the load that was open shows itself in two
+        // intervals of growth: each more is a backlog refused late.
+        let overload_after = if in_trial {
+            LIFO_INTERVALS
+        } else {
+            OVERLOAD_INTERVALS
+        };
         self.regime = match self.regime {
             Regime::Normal if self.grew >= LIFO_INTERVALS && standing => Regime::Lifo,
-            Regime::Lifo if self.grew >= OVERLOAD_INTERVALS && standing => {
+            Regime::Lifo if self.grew >= overload_after && standing => {
+                if in_trial {
+                    let max = nanos(OVERLOAD_MAX_BACKOFF);
+                    self.overload_for = self.overload_for.saturating_mul(2).min(max);
+                    self.trial = None;
+                }
                 Regime::Overload { since: now }
             }
             Regime::Lifo if self.quiet >= QUIET_INTERVALS => Regime::Normal,
-            Regime::Overload { since }
-                if !self.shed_in_interval || now.saturating_sub(since) >= self.overload_max =>
-            {
+            Regime::Overload { .. } if !self.shed_in_interval => {
                 self.grew = 0;
                 self.quiet = 0;
+                self.overload_for = self.overload_max;
+                Regime::Lifo
+            }
+            Regime::Overload { since } if now.saturating_sub(since) >= self.overload_for => {
+                self.grew = 0;
+                self.quiet = 0;
+                self.trial = Some(now);
                 Regime::Lifo
             }
             r => r,
         };
+        if self.trial.is_none() && self.regime == Regime::Normal {
+            self.overload_for = self.overload_max;
+        }
         self.interval_start = now;
         self.joined = 0;
         self.completed = 0;
@@ -280,6 +327,8 @@ mod tests {
         queue: std::collections::VecDeque<u64>,
         waits: Vec<u64>,
         sheds: usize,
+        /// Times waited by requests refused after waiting, with when.
+        late: Vec<(u64, u64)>,
         limit: usize,
     }
 
@@ -292,6 +341,7 @@ mod tests {
                 queue: Default::default(),
                 waits: Vec::new(),
                 sheds: 0,
+                late: Vec::new(),
                 limit,
             }
         }
@@ -323,7 +373,9 @@ mod tests {
             self.policy.tick(now, oldest, self.limit);
             if let Some((before, keep)) = self.policy.stale(now, self.limit) {
                 while self.queue.len() > keep || self.queue.front().is_some_and(|&t| t < before) {
-                    self.queue.pop_front();
+                    if let Some(t) = self.queue.pop_front() {
+                        self.late.push((now, now - t));
+                    }
                     self.sheds += 1;
                     self.policy.refused();
                 }
@@ -382,23 +434,39 @@ mod tests {
     }
 
     #[test]
-    fn overload_serves_the_newest_and_sheds_the_rest_at_once() {
+    fn overload_serves_every_waiter_and_sheds_the_rest_at_once() {
         // Three times what the worker completes, for 20 s.
         let service = MS / 2;
         let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
         open_loop(&mut sim, service / 3, service, 20_000 * MS);
-        assert!(sim.policy.lifo());
+        assert!(sim.policy.lifo() || sim.policy.overloaded());
         let served = sim.waits.len();
         // Goodput: the worker never idles.
         assert!(
             served as u64 >= 20_000 * MS / service - 10,
             "served {served}"
         );
-        // Served requests wait about one completion; the growth phase
+        // Served requests wait about `limit` completions; the growth phase
         // before overload is detected is under 1% of them.
         let w = p99(&mut sim.waits);
-        assert!(w <= 2 * service, "p99 wait {w}");
+        assert!(w <= 4 * service, "p99 wait {w}");
         assert!(sim.sheds > 2 * served - served / 10, "sheds {}", sim.sheds);
+        // Refused after waiting: only the backlog when overload is found
+        // (at 300 ms) and 100 ms after each trial (at 2.3 s, 6.4 s, 14.5 s: the
+        // time to the next doubles while the load stays open).
+        let onsets: Vec<u64> = sim.late.iter().map(|&(at, _)| at / (100 * MS)).collect();
+        let mut distinct = onsets.clone();
+        distinct.dedup();
+        assert_eq!(
+            distinct,
+            vec![3, 24, 65, 146],
+            "late refusals at (100 ms) {distinct:?}"
+        );
+        assert!(
+            sim.late.len() < sim.sheds * 6 / 100,
+            "late {}",
+            sim.late.len()
+        );
     }
 
     #[test]
@@ -420,7 +488,7 @@ mod tests {
         let service = MS / 2;
         let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
         open_loop(&mut sim, service / 3, service, 2_000 * MS);
-        assert!(sim.policy.lifo());
+        assert!(sim.policy.overloaded());
         // Half the worker's rate from then on.
         let start = 2_000 * MS;
         let (mut a, mut d) = (start, start + service);

@@ -244,7 +244,8 @@ impl Admission {
         self.dispatch(&mut st, now);
     }
 
-    /// Hands free slots to waiters (oldest first, newest first in overload)
+    /// Hands free slots to waiters (oldest first, newest first while the
+    /// queue grows)
     /// and refuses those the policy calls stale.
     fn dispatch(self: &Arc<Self>, st: &mut State, now: u64) {
         let oldest = st.queue.front().map(|w| w.since);
