@@ -104,7 +104,7 @@ class Gen:
         self.status = {}
         self.errors = 0
         self.drained = None
-        self.events = []  # (due - t0, latency from send, 2xx?) for --series
+        self.events = []  # (due - t0, latency from due, from send, 2xx?, done - t0)
 
     # --- sending
     def send(self, c, due):
@@ -173,8 +173,7 @@ class Gen:
             self.shed.append(lat)
             self.shed_sent.append(lat_sent)
         self.status[status] = self.status.get(status, 0) + 1
-        if self.a.series:
-            self.events.append((c_due - self.t0, lat_sent, 200 <= status < 300))
+        self.events.append((c_due - self.t0, lat, lat_sent, 200 <= status < 300, now - self.t0))
         self.finish()
         if keep:
             self.free(c)
@@ -201,7 +200,7 @@ class Gen:
     def write_series(self, path, ms):
         """Per 250 ms of due time: served and shed counts and their p99 from send."""
         buckets = {}
-        for t, lat, ok in self.events:
+        for t, _, lat, ok, _ in self.events:
             b = buckets.setdefault(int(t / 0.25), ([], []))
             b[0 if ok else 1].append(lat)
         with open(path, "w") as f:
@@ -254,7 +253,20 @@ class Gen:
         if a.series:
             self.write_series(a.series, ms)
         answered = len(ok) + len(shed)
-        return {
+        # The same for requests due after --settle s: the state the front
+        # settles in, without its first reaction to the load.
+        late = [e for e in self.events if e[0] >= a.settle]
+        s_ok = sorted(e[1] for e in late if e[3])
+        s_shed = sorted(e[2] for e in late if not e[3])
+        s_good = sum(1 for e in late if e[3] and e[4] <= a.duration)
+        steady = {
+            "settle_s": a.settle,
+            "steady_goodput_rps": round(s_good / max(1e-9, a.duration - a.settle), 1),
+            "steady_ok_p99_ms": ms(pct(s_ok, 99)),
+            "steady_shed_sent_p50_ms": ms(pct(s_shed, 50)),
+            "steady_shed_sent_p99_ms": ms(pct(s_shed, 99)),
+        }
+        return steady | {
             "rate": a.rate, "duration_s": a.duration, "due": total,
             "sent": self.sent, "send_s": round(sent_end - self.t0, 3), "wall_s": round(wall, 3),
             "lag_p50_ms": ms(pct(lags, 50)), "lag_p99_ms": ms(pct(lags, 99)), "lag_max_ms": ms(lags[-1] if lags else None),
@@ -285,6 +297,8 @@ def main():
     p.add_argument("--max-conns", type=int, default=1024)
     p.add_argument("--preopen", type=int, default=64)
     p.add_argument("--grace", type=float, default=5.0, help="seconds to wait for answers after the window")
+    p.add_argument("--settle", type=float, default=1.0,
+                   help="steady_* figures cover requests due after this many seconds")
     p.add_argument("--series", help="write served/shed counts and p99 per 250 ms of due time here (JSON lines)")
     a = p.parse_args()
     loop = asyncio.new_event_loop()

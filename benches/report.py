@@ -198,6 +198,21 @@ if a.openloop:
         add_ratio(tc, f"{a.ol_front}/1ms", "shed_sent_p99_ms", val, "<", "1",
                   f"{a.ol_front} p99 of sheds at {tm:g}× (ms from send) / 1 ms"
                   + ("" if g.get("shed") else " (no shed)"), a.ol_tag)
+        # The same targets once the front has settled: requests due after
+        # openloop.py's --settle (its first reaction to the load left out).
+        if g.get("settle_s") is not None:
+            after = f"requests due after the first {g['settle_s']:g} s"
+            val = g.get("steady_goodput_rps") / capacity if capacity and g.get("steady_goodput_rps") is not None else None
+            add_ratio(tc, f"{a.ol_front}/capacity (settled)", "steady_goodput_rps", val, ">=", "0.9",
+                      f"{a.ol_front} goodput at {tm:g}× capacity / capacity, {after}", a.ol_tag)
+            if unl:
+                u = ol_sum.get((unl[0][0], a.ol_front), {})
+                val = (g["steady_ok_p99_ms"] / u["ok_p99_ms"]) if g.get("steady_ok_p99_ms") and u.get("ok_p99_ms") else None
+                add_ratio(tc, f"{a.ol_front}/{a.ol_front}@{unl[0][0]} (settled)", "steady_ok_p99_ms", val, "<=", "3",
+                          f"{a.ol_front} p99 of served requests at {tm:g}× / unloaded p99, {after}", a.ol_tag)
+            val = g.get("steady_shed_sent_p99_ms")
+            add_ratio(tc, f"{a.ol_front}/1ms (settled)", "steady_shed_sent_p99_ms", val, "<", "1",
+                      f"{a.ol_front} p99 of sheds at {tm:g}× (ms from send) / 1 ms, {after}", a.ol_tag)
         for fr in fronts:
             if fr == a.ol_front:
                 continue
