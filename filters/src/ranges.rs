@@ -23,7 +23,7 @@ pub struct ByteRange {
 
 impl ByteRange {
     /// How many bytes the range holds (`last - first + 1`, at least 1).
-    pub fn len(&self) -> u64 {
+    pub fn count(&self) -> u64 {
         // first <= last < u64::MAX: made only by `parse`, under a length.
         self.last - self.first + 1
     }
@@ -263,7 +263,7 @@ mod tests {
                 first: 0,
                 last: max - 1
             }
-            .len(),
+            .count(),
             max
         );
         assert_eq!(

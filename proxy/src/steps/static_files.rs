@@ -196,7 +196,7 @@ impl StaticRoute {
                 *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
                 let h = resp.headers_mut();
                 h.insert(header::CONTENT_RANGE, r.content_range(len));
-                r.len()
+                r.count()
             }
             None => len,
         };
