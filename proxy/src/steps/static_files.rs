@@ -569,6 +569,60 @@ mod tests {
         assert_eq!(body_of(git).await, "[core]");
     }
 
+    /// A range is read from its offset; a sibling that is not a regular
+    /// file (a FIFO, a directory) is passed over for the next coding, and
+    /// siblings are only looked for on a `precompressed` route.
+    #[tokio::test]
+    async fn ranges_and_siblings() {
+        let d = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(d.path().join("big.bin"), &big).unwrap();
+        std::fs::write(d.path().join("app.js"), "plain").unwrap();
+        nix_mkfifo(&d.path().join("app.js.br"));
+        std::fs::create_dir(d.path().join("app.js.zst")).unwrap();
+        std::fs::write(d.path().join("app.js.gz"), "gzipped").unwrap();
+        let mut c = conf(d.path(), None);
+        let r = StaticRoute::new("/s/{*p}", &c).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::RANGE,
+            HeaderValue::from_static("bytes=70000-140001"),
+        );
+        let part = r.serve(&Method::GET, "/s/big.bin", &h).await.unwrap();
+        assert_eq!(part.status(), 206);
+        assert_eq!(part.headers()["content-range"], "bytes 70000-140001/200000");
+        assert_eq!(body_of(part).await, big[70_000..140_002]);
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=200000-"));
+        let e = r.serve(&Method::GET, "/s/big.bin", &h).await.err();
+        assert_eq!(
+            e,
+            Some(NotServed::RangeNotSatisfiable {
+                len: 200_000,
+                vary: false
+            })
+        );
+
+        let mut ae = HeaderMap::new();
+        ae.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, zstd, gzip"),
+        );
+        let off = r.serve(&Method::GET, "/s/app.js", &ae).await.unwrap();
+        assert!(off.headers().get("content-encoding").is_none());
+        assert!(off.headers().get("vary").is_none());
+        assert_eq!(body_of(off).await, "plain");
+        c.precompressed = true;
+        let r = StaticRoute::new("/s/{*p}", &c).unwrap();
+        let on = r.serve(&Method::GET, "/s/app.js", &ae).await.unwrap();
+        assert_eq!(on.headers()["content-encoding"], "gzip");
+        assert_eq!(on.headers()["vary"], "Accept-Encoding");
+        assert_eq!(
+            on.headers()["content-type"],
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(body_of(on).await, "gzipped");
+    }
+
     /// openat2 and the check-then-open fallback agree: symlinks are followed
     /// (relative or absolute, even out and back in) to files under the root
     /// only; a FIFO is refused without hanging.
