@@ -141,12 +141,15 @@ fn against(spec: Spec, len: u64) -> Option<ByteRange> {
 /// Whether a `Range` still applies given the request's `If-Range` value
 /// (§13.1.5): an entity tag must equal `etag` by strong comparison (a weak
 /// tag on either side never matches); an HTTP date must equal the
-/// `Last-Modified` second exactly. Anything else (malformed) does not
-/// match, so the whole representation is sent.
+/// `Last-Modified` second exactly, and only counts when that second is
+/// over (`now_secs`): a file changed twice within it would keep its date
+/// (§8.8.2.2). Anything else (malformed) does not match, so the whole
+/// representation is sent.
 pub fn if_range_matches(
     value: &HeaderValue,
     etag: &HeaderValue,
     last_modified_secs: Option<u64>,
+    now_secs: u64,
 ) -> bool {
     let v = value.as_bytes().trim_ascii();
     if v.starts_with(b"\"") {
@@ -156,7 +159,7 @@ pub fn if_range_matches(
     if v.starts_with(b"W/") {
         return false;
     }
-    let Some(ours) = last_modified_secs else {
+    let Some(ours) = last_modified_secs.filter(|m| *m < now_secs) else {
         return false;
     };
     std::str::from_utf8(v)
@@ -336,7 +339,8 @@ mod tests {
     fn if_range() {
         let etag = HeaderValue::from_static("\"6553f100-4d2\"");
         let secs = Some(1_700_000_000);
-        let m = |v: &str| if_range_matches(&HeaderValue::from_str(v).unwrap(), &etag, secs);
+        let now = 1_800_000_000;
+        let m = |v: &str| if_range_matches(&HeaderValue::from_str(v).unwrap(), &etag, secs, now);
         assert!(m("\"6553f100-4d2\""));
         assert!(m(" \"6553f100-4d2\" "));
         assert!(!m("W/\"6553f100-4d2\""), "weak never matches");
@@ -350,10 +354,16 @@ mod tests {
         assert!(!m(""));
         let weak_ours = HeaderValue::from_static("W/\"x\"");
         let v = HeaderValue::from_static("W/\"x\"");
-        assert!(!if_range_matches(&v, &weak_ours, None));
+        assert!(!if_range_matches(&v, &weak_ours, None, now));
         let v = HeaderValue::from_static("\"x\"");
-        assert!(!if_range_matches(&v, &weak_ours, None));
+        assert!(!if_range_matches(&v, &weak_ours, None, now));
         let date = HeaderValue::from_static("Tue, 14 Nov 2023 22:13:20 GMT");
-        assert!(!if_range_matches(&date, &etag, None), "no Last-Modified");
+        assert!(
+            !if_range_matches(&date, &etag, None, now),
+            "no Last-Modified"
+        );
+        // Modified in the current second: the date is a weak validator.
+        assert!(!if_range_matches(&date, &etag, secs, 1_700_000_000));
+        assert!(if_range_matches(&date, &etag, secs, 1_700_000_001));
     }
 }

@@ -264,8 +264,20 @@ fn data_file(s: &Site) -> Vec<u8> {
     let data: Vec<u8> = (0..300_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    std::fs::write(s.root.join("data.bin"), &data).unwrap();
+    let path = s.root.join("data.bin");
+    std::fs::write(&path, &data).unwrap();
+    // A minute old: a Last-Modified of the current second is no If-Range
+    // validator (RFC 9110 §8.8.2.2).
+    set_mtime(&path, -60);
     data
+}
+
+fn set_mtime(path: &std::path::Path, from_now_secs: i64) {
+    let now = std::time::SystemTime::now();
+    let d = Duration::from_secs(from_now_secs.unsigned_abs());
+    let t = if from_now_secs < 0 { now - d } else { now + d };
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(t).unwrap();
 }
 
 fn range(r: &str) -> [(&str, &str); 1] {
@@ -381,6 +393,17 @@ async fn if_range_malformed_ranges_and_head() {
         assert_eq!(r.body, data, "If-Range {stale}");
         assert!(r.header("content-range").is_none());
     }
+
+    // A date of a second not yet over is weak: no range on it.
+    std::fs::write(s.root.join("fresh.bin"), &data).unwrap();
+    set_mtime(&s.root.join("fresh.bin"), 3600);
+    let fresh = send(&g, Method::GET, "/static/fresh.bin", &[]).await;
+    let fresh_date = fresh.header("last-modified").unwrap().to_string();
+    let r = send(&g, Method::GET, "/static/fresh.bin", &with(&fresh_date)).await;
+    assert_eq!(r.status, 200, "If-Range with a date not yet past");
+    let fresh_etag = fresh.header("etag").unwrap().to_string();
+    let r = send(&g, Method::GET, "/static/fresh.bin", &with(&fresh_etag)).await;
+    assert_eq!(r.status, 206, "its ETag is still strong");
 
     // Malformed, another unit, several ranges: the whole file (200).
     for ignored in [

@@ -180,7 +180,7 @@ impl StaticRoute {
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         let mut span = None;
         if let Some(range) = one_range(req) {
-            if validators.range_applies(req) {
+            if validators.range_applies(req, crate::clock::unix_now()) {
                 match ranges::parse(range, len) {
                     RangeAnswer::Full => {}
                     RangeAnswer::Partial(r) => span = Some(r),
