@@ -524,6 +524,22 @@ for line in string.gmatch(os.getenv("WRK_HEADERS") or "", "[^\n]+") do
   local k, v = string.match(line, "^([^:]+):%s*(.*)$")
   if k then wrk.headers[k] = v end
 end
+-- WRK_RANGE="STEP TOTAL" (scenario static_range): each request asks for the
+-- next STEP bytes of a TOTAL-byte file, wrapping. Unset, no request() hook:
+-- wrk then sends its one prepared request, as before.
+local range = os.getenv("WRK_RANGE")
+if range and range ~= "" then
+  local step, total = string.match(range, "^(%d+) (%d+)$")
+  step, total = tonumber(step), tonumber(total)
+  local at = 0
+  request = function()
+    local last = math.min(at + step, total) - 1
+    wrk.headers["Range"] = string.format("bytes=%d-%d", at, last)
+    at = at + step
+    if at >= total then at = 0 end
+    return wrk.format(nil)
+  end
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

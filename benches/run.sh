@@ -7,8 +7,8 @@
 #   REPS=1 DURATION=3s WARMUP=0 bash benches/run.sh hello offload io_bound overload
 #                                             # a quick plumbing check (~5 min)
 #
-# Scenarios: hello offload io_bound overload auth_small reject ws h2c (see
-# benches/scenarios/*.sh and benches/README.md). Each starts its own processes
+# Scenarios: hello offload io_bound overload auth_small reject ws h2c
+# static_range (see benches/scenarios/*.sh and benches/README.md). Each starts its own processes
 # (one uvicorn worker each), measures its fronts in alternation (order rotated
 # every rep), stops everything it started by PID and writes
 # benches/results/<scenario>.{csv,md} (overload also overload_openloop.csv); at
@@ -46,7 +46,7 @@ done
 source "$BENCH_DIR/lib.sh"
 cd "$REPO"
 
-ALL_SCENARIOS=(hello offload io_bound overload auth_small reject ws h2c)
+ALL_SCENARIOS=(hello offload io_bound overload auth_small reject ws h2c static_range)
 SCENARIOS=("$@")
 ((${#SCENARIOS[@]})) || SCENARIOS=("${ALL_SCENARIOS[@]}")
 for s in "${SCENARIOS[@]}"; do

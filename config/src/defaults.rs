@@ -21,6 +21,7 @@
 //! | `paths.encoded_slash` | reject |
 //! | `headers.underscores` | owned |
 //! | `routes.*.static.dotfiles` | false (names starting with `.` are 404; `.well-known` is served) |
+//! | `routes.*.static.precompressed` | false (`file.br`/`.zst`/`.gz` siblings are not looked for) |
 //! | `shutdown_grace` | 30s |
 //!
 //! `security_headers` adds only what is written; `compression: true` means

@@ -285,6 +285,7 @@ pub struct RawStatic {
     pub index: Option<String>,
     pub cache_control: Option<String>,
     pub dotfiles: Option<bool>,
+    pub precompressed: Option<bool>,
 }
 
 #[derive(Debug, DeriveDeserialize)]

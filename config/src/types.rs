@@ -274,6 +274,10 @@ pub struct StaticDir {
     /// Serve names starting with `.` (`.env`, `.git/`); off by default, when
     /// they are 404 (`.well-known` is served either way).
     pub dotfiles: bool,
+    /// Serve `file.br` / `file.zst` / `file.gz` beside `file` to clients
+    /// that accept that coding; off by default, as a stale sibling left by
+    /// a deploy would be served in place of the file.
+    pub precompressed: bool,
 }
 
 /// A route's own CORS setting.

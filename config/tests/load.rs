@@ -676,6 +676,28 @@ fn static_dotfiles_is_a_bool_off_by_default() {
 }
 
 #[test]
+fn static_precompressed_is_a_bool_off_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let route = |extra: &str| {
+        format!(
+            "listen:\n  - address: 127.0.0.1:8080\nroutes:\n  - path: /s/{{*p}}\n    static: {{ dir: {}{extra} }}\n",
+            dir.path().display()
+        )
+    };
+    let precompressed =
+        |text: &str| match &load_with(text, LoadOptions::default()).unwrap().routes[0].target {
+            RouteTarget::Static(s) => s.precompressed,
+            other => panic!("{other:?}"),
+        };
+    assert!(!precompressed(&route("")));
+    assert!(precompressed(&route(", precompressed: true")));
+    assert!(!precompressed(&route(", precompressed: false")));
+    let errs = errors(&route(", precompressed: br"));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].2.contains("expected true or false"), "{errs:#?}");
+}
+
+#[test]
 fn serde_errors_inside_one_entry_are_all_reported() {
     let text = "\
 listen:

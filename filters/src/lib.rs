@@ -15,6 +15,7 @@ mod hugepages;
 pub mod jwt;
 pub mod limits;
 pub mod path;
+pub mod ranges;
 pub mod ratelimit;
 pub mod request_id;
 pub mod revocation;

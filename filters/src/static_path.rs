@@ -1,12 +1,17 @@
 //! Static routes: which file a request path names under the route's
 //! directory (never outside it), its content type, its validators (`ETag`,
-//! `Last-Modified`) and whether a conditional request is answered 304. The
-//! server opens and streams the file; nothing here touches the disk.
+//! `Last-Modified`) and whether a conditional request is answered 304 or
+//! its `Range` still applies, and which precompressed sibling
+//! (`app.js.br`) a client would take. The server opens and streams the
+//! file; nothing here touches the disk.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap, HeaderValue};
+
+use crate::compression::{negotiate_values, Coding};
+use crate::ranges;
 
 /// The file (or directory, for the server to add the index to) that `tail`
 /// names, relative to the route's directory: `tail` is the request path
@@ -100,6 +105,56 @@ pub fn content_type(path: &Path) -> &'static str {
     }
 }
 
+/// Precompressed siblings looked for, in the gate's order of preference
+/// (the client's weights come first): smallest first.
+pub const PRECOMPRESSED: [Coding; 3] = [Coding::Br, Coding::Zstd, Coding::Gzip];
+
+/// The file-name suffix of a sibling in `coding` (`app.js` → `app.js.br`).
+pub fn sibling_suffix(coding: Coding) -> &'static str {
+    match coding {
+        Coding::Br => "br",
+        Coding::Zstd => "zst",
+        Coding::Gzip => "gz",
+    }
+}
+
+/// The precompressed codings the request accepts, best first (weights,
+/// then [`PRECOMPRESSED`] order), as the gate's compression negotiates
+/// them: `q=0` excludes, an `identity` weighted above a coding ends the
+/// list there. Empty without `Accept-Encoding`. The server serves the
+/// first one whose sibling exists.
+pub fn precompressed_ranking(req: &HeaderMap) -> Vec<Coding> {
+    let lines: Vec<&str> = req
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let mut ranked = Vec::new();
+    if lines.is_empty() {
+        return ranked;
+    }
+    let mut left = PRECOMPRESSED.to_vec();
+    while let Some(best) = negotiate_values(lines.iter().copied(), &left) {
+        ranked.push(best);
+        left.retain(|c| *c != best);
+    }
+    ranked
+}
+
+/// The sibling of `rel` (a path [`resolve`] made, after any index) in
+/// `coding`: the same directory, the name with the coding's suffix. It is
+/// checked again as `resolve` checks a request path (plain names only, no
+/// hidden one unless `dotfiles`), so a sibling is never a way around it.
+pub fn sibling(rel: &Path, coding: Coding, dotfiles: bool) -> Option<PathBuf> {
+    let name = rel.file_name()?.to_str()?;
+    let path = rel.with_file_name(format!("{name}.{}", sibling_suffix(coding)));
+    let plain = path.components().all(|c| match c {
+        Component::Normal(n) => n.to_str().is_some_and(|s| dotfiles || !is_hidden(s)),
+        _ => false,
+    });
+    plain.then_some(path)
+}
+
 /// A file's validators: a strong `ETag` from its size and modification
 /// time (as nginx makes it), and `Last-Modified`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,9 +167,23 @@ pub struct Validators {
 
 impl Validators {
     pub fn new(len: u64, modified: Option<SystemTime>) -> Validators {
+        Validators::of_variant(len, modified, None)
+    }
+
+    /// The validators of a precompressed sibling: its own size and time,
+    /// and the coding in the tag, so that no two variants share an `ETag`
+    /// (caches and `If-Range` tell them apart).
+    pub fn of_variant(
+        len: u64,
+        modified: Option<SystemTime>,
+        coding: Option<Coding>,
+    ) -> Validators {
         let since_epoch = modified.and_then(|m| m.duration_since(UNIX_EPOCH).ok());
         let secs = since_epoch.map(|d| d.as_secs());
-        let etag = format!("\"{:x}-{len:x}\"", secs.unwrap_or(0));
+        let etag = match coding {
+            None => format!("\"{:x}-{len:x}\"", secs.unwrap_or(0)),
+            Some(c) => format!("\"{:x}-{len:x}-{}\"", secs.unwrap_or(0), c.as_str()),
+        };
         Validators {
             etag: HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
             last_modified: secs.and_then(|s| {
@@ -153,6 +222,24 @@ impl Validators {
             return false;
         };
         ours <= since.as_secs()
+    }
+}
+
+impl Validators {
+    /// Whether the request's `Range` applies to this representation: yes
+    /// without `If-Range`; with one, only if it names this ETag (strong
+    /// comparison) or this `Last-Modified` exactly, a second already past
+    /// at `now_secs` (RFC 9110 §13.1.5). Several `If-Range` lines are
+    /// malformed: no.
+    pub fn range_applies(&self, req: &HeaderMap, now_secs: u64) -> bool {
+        let mut values = req.get_all(header::IF_RANGE).iter();
+        match (values.next(), values.next()) {
+            (None, _) => true,
+            (Some(v), None) => {
+                ranges::if_range_matches(v, &self.etag, self.modified_secs, now_secs)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -301,5 +388,96 @@ mod tests {
         )])));
         assert!(!v.not_modified(&req(&[("if-modified-since", "yesterday")])));
         assert!(!v.not_modified(&HeaderMap::new()));
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn if_range_against_the_validators() {
+        let mtime = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let v = Validators::new(1234, Some(mtime));
+        let etag = v.etag.to_str().unwrap().to_string();
+        assert!(v.range_applies(&HeaderMap::new(), NOW));
+        assert!(v.range_applies(&req(&[("if-range", &etag)]), NOW));
+        assert!(v.range_applies(&req(&[("if-range", "Tue, 14 Nov 2023 22:13:20 GMT")]), NOW));
+        assert!(!v.range_applies(&req(&[("if-range", "\"old\"")]), NOW));
+        assert!(!v.range_applies(&req(&[("if-range", &format!("W/{etag}"))]), NOW));
+        assert!(!v.range_applies(&req(&[("if-range", "Mon, 13 Nov 2023 00:00:00 GMT")]), NOW));
+        assert!(!v.range_applies(&req(&[("if-range", &etag), ("if-range", &etag)]), NOW));
+    }
+
+    #[test]
+    fn every_variant_has_its_own_etag() {
+        let mtime = Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        let plain = Validators::new(1234, mtime);
+        let tags: Vec<HeaderValue> = PRECOMPRESSED
+            .iter()
+            .map(|c| Validators::of_variant(1234, mtime, Some(*c)).etag)
+            .chain([plain.etag.clone()])
+            .collect();
+        assert_eq!(tags[0], "\"6553f100-4d2-br\"");
+        for (i, a) in tags.iter().enumerate() {
+            for b in &tags[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn precompressed_ranking_follows_accept_encoding() {
+        use Coding::{Br, Gzip, Zstd};
+        for (ae, want) in [
+            ("gzip, deflate, br, zstd", vec![Br, Zstd, Gzip]),
+            ("gzip, br", vec![Br, Gzip]),
+            ("gzip", vec![Gzip]),
+            ("br;q=0, gzip", vec![Gzip]),
+            ("br;q=0.5, gzip", vec![Gzip, Br]),
+            ("*", vec![Br, Zstd, Gzip]),
+            ("*;q=0, gzip", vec![Gzip]),
+            ("gzip;q=0", vec![]),
+            ("identity", vec![]),
+            ("gzip;q=0.4, br;q=0.6, identity;q=0.5", vec![Br]),
+            ("deflate", vec![]),
+            ("", vec![]),
+        ] {
+            assert_eq!(
+                precompressed_ranking(&req(&[("accept-encoding", ae)])),
+                want,
+                "{ae}"
+            );
+        }
+        assert!(precompressed_ranking(&HeaderMap::new()).is_empty());
+        let two_lines = req(&[("accept-encoding", "gzip"), ("accept-encoding", "br;q=0.9")]);
+        assert_eq!(precompressed_ranking(&two_lines), vec![Gzip, Br]);
+    }
+
+    #[test]
+    fn siblings_stay_plain_names_beside_the_file() {
+        let s = |p: &str, c, dot| sibling(Path::new(p), c, dot);
+        assert_eq!(
+            s("app.js", Coding::Br, false),
+            Some(PathBuf::from("app.js.br"))
+        );
+        assert_eq!(
+            s("css/site.css", Coding::Gzip, false),
+            Some(PathBuf::from("css/site.css.gz"))
+        );
+        assert_eq!(
+            s("docs/index.html", Coding::Zstd, false),
+            Some(PathBuf::from("docs/index.html.zst"))
+        );
+        assert_eq!(s("", Coding::Br, false), None);
+        assert_eq!(s("../x.js", Coding::Br, true), None);
+        assert_eq!(s("/etc/passwd", Coding::Br, true), None);
+        assert_eq!(s(".env", Coding::Gzip, false), None);
+        assert_eq!(s(".git/config", Coding::Gzip, false), None);
+        assert_eq!(
+            s(".env", Coding::Gzip, true),
+            Some(PathBuf::from(".env.gz"))
+        );
+        assert_eq!(
+            s(".well-known/a.txt", Coding::Br, false),
+            Some(PathBuf::from(".well-known/a.txt.br"))
+        );
     }
 }

@@ -207,7 +207,11 @@ async fn process(
     forwarding::set_forwarded(&mut parts.headers, client_value, conn.proto, host.clone());
     let method = parts.method.clone();
     let compression = match (&route.compression, &on_upgrade) {
-        (Some(policy), None) => Some((policy, compress::negotiate(policy, &mut parts.headers))),
+        (Some(policy), None) => {
+            let to_worker = matches!(route.target, Target::Upstream(_));
+            let accepted = compress::negotiate(policy, &mut parts.headers, to_worker);
+            Some((policy, accepted))
+        }
         _ => None,
     };
     forwarding::join_cookies(&mut parts.headers);

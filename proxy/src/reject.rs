@@ -11,6 +11,7 @@ use http::{Response, StatusCode};
 
 use asgi_gate_filters::jwt::{self, AuthError};
 use asgi_gate_filters::limits::LimitError;
+use asgi_gate_filters::ranges;
 
 use crate::body::{BufferError, GateBody};
 use crate::gate::router::NoRoute;
@@ -36,6 +37,13 @@ pub enum Reject {
     HeadersTooLarge,
     /// `Retry-After`, `RateLimit-Policy`, `RateLimit` of the limit that refused.
     RateLimited(Box<[(HeaderName, HeaderValue); 3]>),
+    /// 416 on a static route: the representation's length (for
+    /// `Content-Range: bytes */len`), and whether it varies on
+    /// `Accept-Encoding` (a precompressed route).
+    RangeNotSatisfiable {
+        len: u64,
+        vary: bool,
+    },
     BadGateway,
     ServiceUnavailable,
     GatewayTimeout,
@@ -75,6 +83,9 @@ impl From<NotServed> for Reject {
             NotServed::NotFound => Reject::NotFound,
             NotServed::MethodNotAllowed => {
                 Reject::MethodNotAllowed(HeaderValue::from_static("GET, HEAD"))
+            }
+            NotServed::RangeNotSatisfiable { len, vary } => {
+                Reject::RangeNotSatisfiable { len, vary }
             }
         }
     }
@@ -133,6 +144,7 @@ impl Reject {
             Reject::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Reject::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Reject::BadGateway => StatusCode::BAD_GATEWAY,
             Reject::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reject::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -151,6 +163,7 @@ impl Reject {
             Reject::RequestTimeout => "body_timeout",
             Reject::HeadersTooLarge => "header_limit",
             Reject::RateLimited(_) => "rate_limit",
+            Reject::RangeNotSatisfiable { .. } => "range",
             Reject::BadGateway | Reject::ServiceUnavailable | Reject::GatewayTimeout => "upstream",
         }
     }
@@ -167,6 +180,7 @@ impl Reject {
             Reject::RequestTimeout => "request_timeout",
             Reject::HeadersTooLarge => "headers_too_large",
             Reject::RateLimited(_) => "rate_limited",
+            Reject::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Reject::BadGateway => "bad_gateway",
             Reject::ServiceUnavailable => "service_unavailable",
             Reject::GatewayTimeout => "gateway_timeout",
@@ -184,6 +198,9 @@ impl Reject {
             Reject::RequestTimeout => "the request body stopped arriving",
             Reject::HeadersTooLarge => "request headers are larger than the gate accepts",
             Reject::RateLimited(_) => "too many requests; retry after the time in Retry-After",
+            Reject::RangeNotSatisfiable { .. } => {
+                "no byte of the requested range is in the file; its length is in Content-Range"
+            }
             Reject::BadGateway => "the application is not reachable",
             Reject::ServiceUnavailable => "the application is busy; retry later",
             Reject::GatewayTimeout => "the application did not answer in time",
@@ -262,6 +279,13 @@ pub fn response(rej: &Reject) -> Response<GateBody> {
         Reject::RateLimited(headers) => {
             for (name, value) in headers.iter() {
                 h.insert(name.clone(), value.clone());
+            }
+        }
+        // RFC 9110 §15.5.17: the length, so the client can ask again.
+        Reject::RangeNotSatisfiable { len, vary } => {
+            h.insert(header::CONTENT_RANGE, ranges::unsatisfied_range(*len));
+            if *vary {
+                h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
             }
         }
         // Overloaded or busy now; a second is about one queue's worth.
@@ -355,11 +379,34 @@ mod tests {
             (Reject::NotFound, 404),
             (Reject::PayloadTooLarge, 413),
             (Reject::HeadersTooLarge, 431),
+            (
+                Reject::RangeNotSatisfiable {
+                    len: 7,
+                    vary: false,
+                },
+                416,
+            ),
             (Reject::BadGateway, 502),
             (Reject::ServiceUnavailable, 503),
             (Reject::GatewayTimeout, 504),
         ] {
             assert_eq!(response(&r).status(), s, "{}", r.code());
         }
+    }
+
+    #[test]
+    fn a_416_says_the_length() {
+        let r = response(&Reject::RangeNotSatisfiable {
+            len: 1234,
+            vary: true,
+        });
+        assert_eq!(r.headers()["content-range"], "bytes */1234");
+        assert_eq!(r.headers()["vary"], "Accept-Encoding");
+        let r = response(&Reject::RangeNotSatisfiable {
+            len: 0,
+            vary: false,
+        });
+        assert_eq!(r.headers()["content-range"], "bytes */0");
+        assert!(r.headers().get("vary").is_none());
     }
 }

@@ -133,6 +133,7 @@ impl Ctx<'_> {
                     index: s.index,
                     cache_control,
                     dotfiles: s.dotfiles.unwrap_or(false),
+                    precompressed: s.precompressed.unwrap_or(false),
                 }))
             }
         };

@@ -43,11 +43,14 @@ pub fn route_policy(global: Option<&Compression>, route: &Route) -> Option<Arc<P
     Some(Arc::new(p))
 }
 
-/// Request side: the coding the client accepts, and `Accept-Encoding`
-/// removed so the worker never spends CPU compressing.
-pub fn negotiate(policy: &Policy, req_headers: &mut HeaderMap) -> Option<Coding> {
+/// Request side: the coding the client accepts, and, for a request going
+/// `to_worker`, `Accept-Encoding` removed so the worker never spends CPU
+/// compressing. A static route keeps it: it picks precompressed files by it.
+pub fn negotiate(policy: &Policy, req_headers: &mut HeaderMap, to_worker: bool) -> Option<Coding> {
     let accepted = compression::negotiate(req_headers, &policy.algorithms);
-    compression::strip_accept_encoding(req_headers);
+    if to_worker {
+        compression::strip_accept_encoding(req_headers);
+    }
     accepted
 }
 

@@ -1,7 +1,9 @@
-//! Static routes (`static: { dir, index, cache_control, dotfiles }`): files
-//! served by the gate from a directory, GET and HEAD only, with `ETag` /
-//! `Last-Modified` and 304s, streamed in 64 KiB reads. Which file a path
-//! names and the header rules live in `filters::static_path`; this module
+//! Static routes (`static: { dir, index, cache_control, dotfiles,
+//! precompressed }`): files served by the gate from a directory, GET and
+//! HEAD only, with `ETag` / `Last-Modified` and 304s, single byte ranges
+//! (206, 416) and, opted in, precompressed siblings (`app.js.br`),
+//! streamed in 64 KiB reads. Which file a path names and the header rules
+//! live in `filters::static_path` and `filters::ranges`; this module
 //! touches the disk.
 //!
 //! Files are opened with `openat2(RESOLVE_BENEATH)` relative to the
@@ -10,7 +12,7 @@
 //! so nothing can be swapped in between a check and the open.
 
 use std::fs::{File, Metadata};
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -19,6 +21,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use asgi_gate_config::StaticDir;
+use asgi_gate_filters::compression::Coding;
+use asgi_gate_filters::ranges::{self, ByteRange, RangeAnswer};
 use asgi_gate_filters::static_path::{self, Validators};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -44,6 +48,8 @@ pub struct StaticRoute {
     /// `/my files/{*path}`).
     prefix_slashes: usize,
     dotfiles: bool,
+    /// Look for `file.br` / `.zst` / `.gz` beside the file.
+    precompressed: bool,
     cache_control: Option<HeaderValue>,
 }
 
@@ -69,6 +75,9 @@ pub enum NotServed {
     NotFound,
     /// Only GET and HEAD are served.
     MethodNotAllowed,
+    /// 416: no byte of the `Range` is in the representation of `len`
+    /// bytes; `vary` on a precompressed route (the length is the variant's).
+    RangeNotSatisfiable { len: u64, vary: bool },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +118,7 @@ impl StaticRoute {
             }),
             prefix_slashes: prefix.matches('/').count(),
             dotfiles: conf.dotfiles,
+            precompressed: conf.precompressed,
             cache_control: conf
                 .cache_control
                 .as_deref()
@@ -130,9 +140,13 @@ impl StaticRoute {
             return Err(NotServed::MethodNotAllowed);
         }
         let tail = after_slashes(path, self.prefix_slashes);
-        let file = self.find(tail).await.ok_or(NotServed::NotFound)?;
-        let meta = &file.meta;
-        let validators = Validators::new(meta.len(), meta.modified().ok());
+        let ranking = match self.precompressed {
+            true => static_path::precompressed_ranking(req),
+            false => Vec::new(),
+        };
+        let mut file = self.find(tail, ranking).await.ok_or(NotServed::NotFound)?;
+        let len = file.meta.len();
+        let validators = Validators::of_variant(len, file.meta.modified().ok(), file.coding);
         let mut resp = Response::new(GateBody::empty());
         let h = resp.headers_mut();
         h.insert(header::ETAG, validators.etag.clone());
@@ -142,6 +156,11 @@ impl StaticRoute {
         if let Some(cc) = &self.cache_control {
             h.insert(header::CACHE_CONTROL, cc.clone());
         }
+        // Every answer of such a route depends on Accept-Encoding, the
+        // identity one and the 304 included, or a cache would mix them up.
+        if self.precompressed {
+            h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        }
         if validators.not_modified(req) {
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
             return Ok(resp);
@@ -150,28 +169,92 @@ impl StaticRoute {
             header::CONTENT_TYPE,
             HeaderValue::from_static(static_path::content_type(&file.path)),
         );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+        if let Some(c) = file.coding {
+            h.insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(c.as_str()),
+            );
+        }
+        // Ranges of a precompressed variant are of its encoded bytes, as
+        // its Content-Length and ETag are.
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let mut span = None;
+        if let Some(range) = one_range(req) {
+            if validators.range_applies(req, crate::clock::unix_now()) {
+                match ranges::parse(range, len) {
+                    RangeAnswer::Full => {}
+                    RangeAnswer::Partial(r) => span = Some(r),
+                    RangeAnswer::NotSatisfiable => {
+                        let vary = self.precompressed;
+                        return Err(NotServed::RangeNotSatisfiable { len, vary });
+                    }
+                }
+            }
+        }
+        let count = match span {
+            Some(r) => {
+                *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let h = resp.headers_mut();
+                h.insert(header::CONTENT_RANGE, r.content_range(len));
+                r.count()
+            }
+            None => len,
+        };
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(count));
         if method == Method::GET {
-            *resp.body_mut() = GateBody::boxed(FileBody::new(file.handle, meta.len()));
+            if let Some(ByteRange { first, .. }) = span.filter(|r| r.first > 0) {
+                // lseek on a regular file: no I/O, so not worth a blocking trip.
+                file.handle
+                    .seek(SeekFrom::Start(first))
+                    .map_err(|_| NotServed::NotFound)?;
+            }
+            let handle = tokio::fs::File::from_std(file.handle);
+            *resp.body_mut() = GateBody::boxed(FileBody::new(handle, count));
         }
         Ok(resp)
     }
 
-    /// The regular file `tail` names (the index for a directory), opened.
-    async fn find(&self, tail: &str) -> Option<OpenFile> {
+    /// The regular file `tail` names (the index for a directory), opened;
+    /// or, when the original exists, its first sibling in `ranking` that
+    /// is a regular file, looked up the same way.
+    async fn find(&self, tail: &str, ranking: Vec<Coding>) -> Option<OpenFile> {
         let rel = static_path::resolve(tail, self.dotfiles)?;
         let root = self.root.clone();
+        let dotfiles = self.dotfiles;
         // One trip to a blocking thread for the whole lookup.
         let file = tokio::task::spawn_blocking(move || {
             let beneath = !NO_OPENAT2.load(Ordering::Relaxed);
-            root.find(rel, beneath)
+            let (path, file, meta) = root.find(rel, beneath)?;
+            for coding in ranking {
+                let Some(sib) = static_path::sibling(&path, coding, dotfiles) else {
+                    continue;
+                };
+                if let Some((file, meta)) = root.open(&sib, beneath) {
+                    if meta.is_file() {
+                        return Some((path, file, meta, Some(coding)));
+                    }
+                }
+            }
+            Some((path, file, meta, None))
         });
-        let (path, file, meta) = file.await.ok()??;
+        let (path, handle, meta, coding) = file.await.ok()??;
         Some(OpenFile {
             path,
-            handle: tokio::fs::File::from_std(file),
+            handle,
             meta,
+            coding,
         })
+    }
+}
+
+/// The request's `Range`, if it has exactly one (several lines are
+/// malformed, hence ignored).
+fn one_range(req: &HeaderMap) -> Option<&HeaderValue> {
+    let mut values = req.get_all(header::RANGE).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => Some(v),
+        _ => None,
     }
 }
 
@@ -268,9 +351,13 @@ fn nonblocking_open(path: &Path) -> Option<File> {
 }
 
 struct OpenFile {
+    /// The original's path, even when a sibling is served: its name gives
+    /// the Content-Type.
     path: PathBuf,
-    handle: tokio::fs::File,
+    handle: File,
     meta: std::fs::Metadata,
+    /// The sibling's coding, when one is served.
+    coding: Option<Coding>,
 }
 
 /// A file's bytes as body frames, at most `len` of them (the length the
@@ -352,6 +439,7 @@ mod tests {
             index: index.map(str::to_string),
             cache_control: Some("public, max-age=60".into()),
             dotfiles: false,
+            precompressed: false,
         }
     }
 
@@ -479,6 +567,60 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(body_of(git).await, "[core]");
+    }
+
+    /// A range is read from its offset; a sibling that is not a regular
+    /// file (a FIFO, a directory) is passed over for the next coding, and
+    /// siblings are only looked for on a `precompressed` route.
+    #[tokio::test]
+    async fn ranges_and_siblings() {
+        let d = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(d.path().join("big.bin"), &big).unwrap();
+        std::fs::write(d.path().join("app.js"), "plain").unwrap();
+        nix_mkfifo(&d.path().join("app.js.br"));
+        std::fs::create_dir(d.path().join("app.js.zst")).unwrap();
+        std::fs::write(d.path().join("app.js.gz"), "gzipped").unwrap();
+        let mut c = conf(d.path(), None);
+        let r = StaticRoute::new("/s/{*p}", &c).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::RANGE,
+            HeaderValue::from_static("bytes=70000-140001"),
+        );
+        let part = r.serve(&Method::GET, "/s/big.bin", &h).await.unwrap();
+        assert_eq!(part.status(), 206);
+        assert_eq!(part.headers()["content-range"], "bytes 70000-140001/200000");
+        assert_eq!(body_of(part).await, big[70_000..140_002]);
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=200000-"));
+        let e = r.serve(&Method::GET, "/s/big.bin", &h).await.err();
+        assert_eq!(
+            e,
+            Some(NotServed::RangeNotSatisfiable {
+                len: 200_000,
+                vary: false
+            })
+        );
+
+        let mut ae = HeaderMap::new();
+        ae.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, zstd, gzip"),
+        );
+        let off = r.serve(&Method::GET, "/s/app.js", &ae).await.unwrap();
+        assert!(off.headers().get("content-encoding").is_none());
+        assert!(off.headers().get("vary").is_none());
+        assert_eq!(body_of(off).await, "plain");
+        c.precompressed = true;
+        let r = StaticRoute::new("/s/{*p}", &c).unwrap();
+        let on = r.serve(&Method::GET, "/s/app.js", &ae).await.unwrap();
+        assert_eq!(on.headers()["content-encoding"], "gzip");
+        assert_eq!(on.headers()["vary"], "Accept-Encoding");
+        assert_eq!(
+            on.headers()["content-type"],
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(body_of(on).await, "gzipped");
     }
 
     /// openat2 and the check-then-open fallback agree: symlinks are followed
