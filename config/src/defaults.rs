@@ -190,6 +190,13 @@ fn app_route(path: &str) -> Route {
     }
 }
 
+impl Default for Cache {
+    /// What a route's `cache:` uses without a top-level `cache:` section.
+    fn default() -> Cache {
+        cache()
+    }
+}
+
 impl Config {
     /// The config `run` uses without `-c`: listen 127.0.0.1:8000, upstream `app`
     /// with no sockets yet, one catch-all route, admin on the default address.

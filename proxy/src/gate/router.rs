@@ -43,6 +43,8 @@ pub struct RouteEntry {
     pub auth: Option<Arc<AuthSlot>>,
     /// `None` when this route does not compress.
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// `None` when this route does not cache.
+    pub cache: Option<asgi_gate_config::RouteCache>,
     /// The route's `websocket:` limits, if it sets any.
     pub websocket: Option<Arc<crate::steps::websocket::Limits>>,
     /// `None` when the gate does not do CORS on this route.

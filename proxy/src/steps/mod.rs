@@ -11,6 +11,7 @@
 //! turns into a status.
 
 pub mod auth;
+pub mod cache;
 pub mod compress;
 pub mod static_files;
 pub mod websocket;
