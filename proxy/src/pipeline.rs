@@ -159,8 +159,14 @@ async fn process(
         }
     }
     log.route = Some(route.clone());
-    // Purges by prefix compare the decoded path (cache routes only).
-    let decoded_path: Option<Box<str>> = route.cache.as_ref().map(|_| path.into());
+    // Purges by prefix compare the decoded path (cache routes only; boxed,
+    // as everything the cache adds to the request's future).
+    let mut cache_id: Option<Box<CacheId>> = route.cache.as_ref().map(|_| {
+        Box::new(CacheId {
+            decoded_path: path.into(),
+            key_claim: None,
+        })
+    });
     if let Cow::Owned(encoded) = canonical.encoded {
         log.set_path(&encoded);
         let query = req.uri().query().map(str::to_owned);
@@ -183,9 +189,8 @@ async fn process(
     //    the JWT, revocation, scopes and the limits keyed by claims.
     jwt::strip_client_claim_headers(req.headers_mut(), &gate.claim_headers);
     let had_authorization = req.headers().contains_key(header::AUTHORIZATION);
-    let mut key_claim = None;
     if let Some(slot) = &route.auth {
-        key_claim = authenticate(
+        let key_claim = authenticate(
             gate,
             slot,
             &route,
@@ -195,6 +200,9 @@ async fn process(
             &mut limit_headers,
         )
         .await?;
+        if let Some(id) = &mut cache_id {
+            id.key_claim = key_claim;
+        }
     }
 
     // 5. What the worker receives.
@@ -231,24 +239,15 @@ async fn process(
     let mut fill = None;
     let mut cached = None;
     if let (Some(rc), Some(store), None) = (&route.cache, &gate.cache, &on_upgrade) {
-        let lookup = {
-            let key_req = cache::Request {
-                method: &parts.method,
-                headers: &parts.headers,
-                proto: conn.proto,
-                host: parts
-                    .headers
-                    .get(header::HOST)
-                    .map_or(&[][..], |h| h.as_bytes()),
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                decoded_path: decoded_path.as_deref().unwrap_or(""),
-                coding: compression.and_then(|(_, c)| c).map(|c| c.as_str()),
-                claim: key_claim.as_deref(),
-                had_authorization,
-            };
-            Box::pin(store.lookup(rc, &key_req)).await
+        let coding = compression.and_then(|(_, c)| c).map(|c| c.as_str());
+        let key = CacheKeyParts {
+            proto: conn.proto,
+            decoded_path: cache_id.as_ref().map_or("", |id| &id.decoded_path),
+            coding,
+            claim: cache_id.as_ref().and_then(|id| id.key_claim.as_deref()),
+            had_authorization,
         };
+        let lookup = Box::pin(cache_lookup(store, rc, &parts, key)).await;
         match lookup {
             Lookup::Bypass => cached = Some(cache::Outcome::Bypass),
             Lookup::Served(mut resp, outcome, refresh) => {
@@ -279,8 +278,70 @@ async fn process(
                 .await
                 .map_err(Reject::from)
         }
-        Target::Upstream(index) => {
-            upstream_response(gate, &route, *index, parts, body, on_upgrade, log).await
+        Target::Upstream(index) => 'fetch: {
+            // Inline, not a function of its own: a called future would
+            // add its own copy of the request to the request's future.
+            // Errors leave the block (`fail!`) so that a stale copy may
+            // answer instead (stale-if-error).
+            macro_rules! fail {
+                ($label:lifetime, $e:expr) => {
+                    match $e {
+                        Ok(v) => v,
+                        Err(e) => break $label Err(Reject::from(e)),
+                    }
+                };
+            }
+            let upstream = fail!('fetch, gate.upstreams.get(*index).ok_or(Reject::BadGateway));
+            // The body is read whole here first (unless the route streams
+            // uploads), so a slow upload never holds a worker slot; then
+            // the request waits at the gate for a slot under the worker's
+            // concurrency limit, and goes.
+            let mut body = RequestBody::new(body, gate.limits.max_body, gate.limits.body_timeout);
+            if route.conf.buffer_request && on_upgrade.is_none() && !body.is_empty() {
+                let buffered = Box::pin(body.buffer(gate.limits.max_buffered)).await;
+                let (buffered, len) = fail!('fetch, buffered.map_err(UpstreamError::from));
+                body = buffered;
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            // WebSocket handshakes skip the queue: a session is no load
+            // the limit can measure, and a burst of reconnects is not overload.
+            let admit = on_upgrade.is_none();
+            let sent = fail!(
+                'fetch,
+                upstream
+                    .send(Request::from_parts(parts, body), admit)
+                    .await
+            );
+            log.socket = Some(sent.socket);
+            log.queued = Some(sent.queued);
+            Ok(match on_upgrade {
+                Some(client_side) => fail!(
+                    'fetch,
+                    websocket::relay(
+                        &gate.websockets_open,
+                        gate.limits.websocket_idle_timeout,
+                        route.websocket.clone(),
+                        sent.response,
+                        sent.in_flight,
+                        client_side,
+                    )
+                ),
+                None => match route.conf.buffer_response {
+                    Some(max) => fail!(
+                        'fetch,
+                        Box::pin(buffered_to_client(
+                            sent.response,
+                            sent.in_flight,
+                            max,
+                            upstream.read_timeout,
+                        ))
+                        .await
+                    ),
+                    None => to_client(sent.response, sent.in_flight),
+                },
+            })
         }
     };
 
@@ -310,6 +371,8 @@ async fn process(
     if let Some(outcome) = cached {
         log.cache = Some(outcome.as_str());
         if outcome == cache::Outcome::Bypass {
+            // Surrogate keys are the gate's, stored or not.
+            asgi_gate_filters::cache::strip_surrogate_headers(resp.headers_mut());
             outcome.mark(resp.headers_mut());
         }
     }
@@ -319,63 +382,45 @@ async fn process(
     Ok(resp)
 }
 
-/// The worker's answer: the request body read (or streamed), a worker slot
-/// taken, the response streamed back (or buffered, or relayed as a
-/// WebSocket session).
-async fn upstream_response(
-    gate: &Gate,
-    route: &RouteEntry,
-    index: usize,
-    mut parts: http::request::Parts,
-    body: Incoming,
-    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    log: &mut RequestLog,
-) -> Result<Response<GateBody>, Reject> {
-    let upstream = gate.upstreams.get(index).ok_or(Reject::BadGateway)?;
-    // The body is read whole here first (unless the route streams
-    // uploads), so a slow upload never holds a worker slot; then
-    // the request waits at the gate for a slot under the worker's
-    // concurrency limit, and goes.
-    let mut body = RequestBody::new(body, gate.limits.max_body, gate.limits.body_timeout);
-    if route.conf.buffer_request && on_upgrade.is_none() && !body.is_empty() {
-        let (buffered, len) = Box::pin(body.buffer(gate.limits.max_buffered))
-            .await
-            .map_err(UpstreamError::from)?;
-        body = buffered;
-        parts
+/// What a caching route's key takes from earlier steps.
+struct CacheId {
+    decoded_path: Box<str>,
+    /// The route's `key_claim`, from the verified token.
+    key_claim: Option<String>,
+}
+
+/// What the cache key needs besides the request head.
+struct CacheKeyParts<'r> {
+    proto: &'r str,
+    decoded_path: &'r str,
+    coding: Option<&'r str>,
+    claim: Option<&'r str>,
+    had_authorization: bool,
+}
+
+/// Step 6's lookup (boxed by the caller: only caching routes carry it).
+async fn cache_lookup(
+    store: &Arc<cache::Store>,
+    route: &asgi_gate_config::RouteCache,
+    parts: &http::request::Parts,
+    key: CacheKeyParts<'_>,
+) -> Lookup {
+    let req = cache::Request {
+        method: &parts.method,
+        headers: &parts.headers,
+        proto: key.proto,
+        host: parts
             .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
-    // WebSocket handshakes skip the queue: a session is no load
-    // the limit can measure, and a burst of reconnects is not overload.
-    let admit = on_upgrade.is_none();
-    let sent = upstream
-        .send(Request::from_parts(parts, body), admit)
-        .await?;
-    log.socket = Some(sent.socket);
-    log.queued = Some(sent.queued);
-    Ok(match on_upgrade {
-        Some(client_side) => websocket::relay(
-            &gate.websockets_open,
-            gate.limits.websocket_idle_timeout,
-            route.websocket.clone(),
-            sent.response,
-            sent.in_flight,
-            client_side,
-        )?,
-        None => match route.conf.buffer_response {
-            Some(max) => {
-                Box::pin(buffered_to_client(
-                    sent.response,
-                    sent.in_flight,
-                    max,
-                    upstream.read_timeout,
-                ))
-                .await?
-            }
-            None => to_client(sent.response, sent.in_flight),
-        },
-    })
+            .get(header::HOST)
+            .map_or(&[][..], |h| h.as_bytes()),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        decoded_path: key.decoded_path,
+        coding: key.coding,
+        claim: key.claim,
+        had_authorization: key.had_authorization,
+    };
+    store.lookup(route, &req).await
 }
 
 /// stale-while-revalidate (RFC 5861 §3): the stale copy went to the client;
@@ -386,7 +431,7 @@ fn spawn_refresh(
     upstream: Arc<Upstream>,
     parts: &http::request::Parts,
     compression: Option<(Arc<CompressionPolicy>, Option<Coding>)>,
-    fill: cache::Fill,
+    fill: Box<cache::Fill>,
 ) {
     let mut req = Request::new(RequestBody::empty());
     *req.method_mut() = Method::GET;

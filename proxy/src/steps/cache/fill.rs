@@ -83,8 +83,8 @@ impl Fill {
         credentialed: bool,
         guard: Option<FillGuard>,
         stale: Option<Arc<Entry>>,
-    ) -> Fill {
-        Fill {
+    ) -> Box<Fill> {
+        Box::new(Fill {
             store,
             primary: primary.into(),
             req_headers: req.headers.clone(),
@@ -93,7 +93,7 @@ impl Fill {
             decoded_path: req.decoded_path.into(),
             _guard: guard,
             stale,
-        }
+        })
     }
 
     /// The request that fills the cache asks for the whole response: the
@@ -130,7 +130,7 @@ impl Fill {
 
     /// The worker's response (after compression) on its way to the
     /// client: surrogate keys removed, stored as it streams if it may be.
-    pub fn finish(self, resp: Response<GateBody>) -> (Response<GateBody>, Outcome) {
+    pub fn finish(self: Box<Self>, resp: Response<GateBody>) -> (Response<GateBody>, Outcome) {
         let (mut parts, body) = resp.into_parts();
         let tags = policy::surrogate_keys(&parts.headers);
         policy::strip_surrogate_headers(&mut parts.headers);
@@ -165,7 +165,7 @@ impl Fill {
             freshness,
             tags,
             vary,
-            fill: self,
+            fill: *self,
         };
         if body.is_end_stream() {
             pending.store(Bytes::new());

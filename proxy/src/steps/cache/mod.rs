@@ -91,7 +91,8 @@ impl Slot {
     }
 }
 
-fn weigh(key: &[u8], slot: &Slot) -> u32 {
+#[allow(clippy::borrowed_box)] // moka hands the key as it is stored
+fn weigh(key: &Box<[u8]>, slot: &Slot) -> u32 {
     let value = match slot {
         Slot::Entry(e) => {
             let headers: u64 = e
@@ -214,7 +215,7 @@ impl Store {
         let evictions = crate::metrics::get().map(|m| m.cache_evictions.clone());
         let entries = moka::sync::Cache::builder()
             .max_capacity(conf.max_size)
-            .weigher(|k: &Box<[u8]>, v: &Slot| weigh(k, v))
+            .weigher(weigh)
             .expire_after(UntilUnused)
             .eviction_listener(move |_, _, cause| {
                 if cause == RemovalCause::Size {
@@ -328,15 +329,17 @@ pub struct Request<'r> {
     pub had_authorization: bool,
 }
 
-/// The cache's answer before the worker is asked.
+/// The cache's answer before the worker is asked. Moved once, at once:
+/// boxing the response would cost an allocation per hit.
+#[allow(clippy::large_enum_variant)]
 pub enum Lookup {
     /// Not for the cache; the response is not stored either.
     Bypass,
     /// Served from the cache (fresh, or stale while one refresh runs:
     /// then `Some(fill)`, which the caller runs in the background).
-    Served(Response<GateBody>, Outcome, Option<Fill>),
+    Served(Response<GateBody>, Outcome, Option<Box<Fill>>),
     /// Ask the worker; hand its response to `Fill::finish`.
-    Miss(Fill),
+    Miss(Box<Fill>),
 }
 
 impl Store {
