@@ -275,3 +275,50 @@ async def ws_rogue(ws: WebSocket):
     await ws.accept(headers=[(b"sec-websocket-extensions", b"permessage-deflate")])
     while (await ws.receive())["type"] != "websocket.disconnect":
         pass
+
+
+@app.api_route("/cached/{name:path}", methods=["GET", "HEAD"])
+@app.api_route("/private/{name:path}", methods=["GET", "HEAD"])
+@app.api_route("/user/{name:path}", methods=["GET", "HEAD"])
+async def cached(
+    request: Request,
+    name: str,
+    cc: str = "max-age=60",
+    vary: str = "",
+    tags: str = "",
+    cookie: int = 0,
+    sleep_ms: int = 0,
+    status: int = 200,
+    kib: int = 0,
+):
+    """For the response cache tests: headers set from the query; `n` counts
+    this endpoint's calls (so a test tells a stored answer from a new one)."""
+    _Cached.calls += 1
+    n = _Cached.calls
+    if sleep_ms:
+        await asyncio.sleep(sleep_ms / 1000)
+    headers = {}
+    if cc:
+        headers["Cache-Control"] = cc
+    if vary:
+        headers["Vary"] = vary
+    if tags:
+        headers["Surrogate-Key"] = tags
+    if cookie:
+        headers["Set-Cookie"] = "session=abc"
+    body = {
+        "n": n,
+        "name": name,
+        "tenant": request.headers.get("x-tenant"),
+        "user": request.headers.get("x-user"),
+        "authorized": "authorization" in request.headers,
+        "range": request.headers.get("range"),
+        "host": request.headers.get("host"),
+        "forwarded_host": request.headers.get("x-forwarded-host"),
+        "pad": "x" * (max(kib, 0) * 1024),
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _Cached:
+    calls = 0

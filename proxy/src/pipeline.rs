@@ -241,6 +241,7 @@ async fn process(
     if let (Some(rc), Some(store), None) = (&route.cache, &gate.cache, &on_upgrade) {
         let coding = compression.and_then(|(_, c)| c).map(|c| c.as_str());
         let key = CacheKeyParts {
+            gate_compresses: compression.is_some(),
             proto: conn.proto,
             decoded_path: cache_id.as_ref().map_or("", |id| &id.decoded_path),
             coding,
@@ -391,6 +392,7 @@ struct CacheId {
 
 /// What the cache key needs besides the request head.
 struct CacheKeyParts<'r> {
+    gate_compresses: bool,
     proto: &'r str,
     decoded_path: &'r str,
     coding: Option<&'r str>,
@@ -417,6 +419,7 @@ async fn cache_lookup(
         query: parts.uri.query(),
         decoded_path: key.decoded_path,
         coding: key.coding,
+        gate_compresses: key.gate_compresses,
         claim: key.claim,
         had_authorization: key.had_authorization,
     };

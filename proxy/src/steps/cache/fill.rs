@@ -68,6 +68,8 @@ pub struct Fill {
     req_headers: HeaderMap,
     method: Method,
     credentialed: bool,
+    /// The route compresses: the coding is in the key.
+    gate_compresses: bool,
     decoded_path: Box<str>,
     /// Held for its `Drop`: the waiters wake when this fill ends.
     _guard: Option<FillGuard>,
@@ -90,6 +92,7 @@ impl Fill {
             req_headers: req.headers.clone(),
             method: req.method.clone(),
             credentialed,
+            gate_compresses: req.gate_compresses,
             decoded_path: req.decoded_path.into(),
             _guard: guard,
             stale,
@@ -116,6 +119,7 @@ impl Fill {
             query: None,
             decoded_path: "",
             coding: None,
+            gate_compresses: false,
             claim: None,
             had_authorization: false,
         };
@@ -144,7 +148,15 @@ impl Fill {
             true => policy::storable(parts.status, &parts.headers, self.credentialed, now).ok(),
             false => None,
         };
-        let vary = policy::vary_names(&parts.headers);
+        let mut vary = policy::vary_names(&parts.headers);
+        if self.gate_compresses {
+            // The gate's own `Vary: Accept-Encoding`: its negotiated coding
+            // is in the primary key already, and the worker never saw the
+            // header.
+            if let Some(v) = &mut vary {
+                v.retain(|n| n != header::ACCEPT_ENCODING);
+            }
+        }
         let fits = match parts.headers.get(header::CONTENT_LENGTH) {
             Some(v) => v
                 .to_str()

@@ -256,7 +256,8 @@ impl Store {
             };
             if by_prefix || by_tag {
                 self.entries.invalidate(&*k);
-                n += 1;
+                // Responses, not the `Vary` slots that point at them.
+                n += u64::from(matches!(slot, Slot::Entry(_)));
             }
         }
         self.entries.run_pending_tasks();
@@ -323,6 +324,9 @@ pub struct Request<'r> {
     pub decoded_path: &'r str,
     /// The coding the gate will send (it compresses on this route).
     pub coding: Option<&'r str>,
+    /// The route compresses (then `Accept-Encoding` never reaches the
+    /// worker, and `coding` keys the copies).
+    pub gate_compresses: bool,
     /// The route's `key_claim` value from the verified token.
     pub claim: Option<&'r str>,
     /// The client sent `Authorization` (before the gate may strip it).
