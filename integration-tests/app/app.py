@@ -229,6 +229,22 @@ async def api_big():
     return JSONResponse(BIG)
 
 
+# For the cache benches (benches/scenarios/cache_hit.sh, coalescing.sh):
+# answers every proxy cache may keep.
+_CACHEABLE = {"Cache-Control": "public, max-age=3600"}
+
+
+@app.get("/cacheable/big")
+async def cacheable_big():
+    return Response(content=BIG_BYTES, media_type="application/json", headers=_CACHEABLE)
+
+
+@app.get("/cacheable/slow")
+async def cacheable_slow(ms: int = 500):
+    await asyncio.sleep(max(ms, 0) / 1000)
+    return JSONResponse({"slow": ms}, headers=_CACHEABLE)
+
+
 @app.get("/api/hello")
 async def api_hello():
     return {"message": "hello"}
