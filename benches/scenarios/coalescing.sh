@@ -20,8 +20,11 @@ scenario_coalescing() {
     start_uvicorn_uds app "$SOCK"
     local -A url=()
     if want gate; then
+        # 1,000 connections from one address: over the default per-IP cap (256).
         gate_yaml "$TMP/coalescing/gate.yaml" "$GATE_PORT" "$ADMIN_PORT" "cache:
-  lock_timeout: 10s" "  - path: /cacheable/{*rest}
+  lock_timeout: 10s
+limits:
+  max_connections_per_ip: 4096" "  - path: /cacheable/{*rest}
     upstream: app
     cache: true
   - path: /{*rest}
@@ -68,7 +71,7 @@ scenario_coalescing() {
         echo
         echo "command: \`$COMMAND\`"
         echo
-        echo "Each request on its own connection, all sent at once (benches/burst.py); the worker sleeps $COALESCE_MS ms and answers \`Cache-Control: public, max-age=3600\`. gate: \`cache: true\`, lock_timeout 10s; nginx: proxy_cache with proxy_cache_lock on (timeout 10s); $(varnish_version 2>/dev/null || echo Varnish): built-in VCL, one thread pool; direct: uvicorn with no cache (the baseline)."
+        echo "Each request on its own connection, all sent at once (benches/burst.py); the worker sleeps $COALESCE_MS ms and answers \`Cache-Control: public, max-age=3600\`. gate: \`cache: true\`, lock_timeout 10s, max_connections_per_ip 4096 (the default, 256, would refuse most of one client's 1,000 connections); nginx: proxy_cache with proxy_cache_lock on (timeout 10s); $(varnish_version 2>/dev/null || echo Varnish): built-in VCL, one thread pool; direct: uvicorn with no cache (the baseline)."
         echo
         echo "| front | rep | requests | 2xx | other | reached the worker | elapsed ms |"
         echo "| --- | --- | --- | --- | --- | --- | --- |"
