@@ -5,6 +5,7 @@
 //! the client goes away, and then the waiters are woken to ask the worker.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -184,10 +185,15 @@ impl Fill {
             return (Response::from_parts(parts, body), Outcome::Miss);
         }
         let limit = pending.fill.store.conf.max_entry_size;
+        let reserved = Reserved {
+            store: pending.fill.store.clone(),
+            bytes: 0,
+        };
         let tee = Tee {
             inner: body,
             buf: BytesMut::new(),
             limit,
+            reserved,
             pending: Some(Box::new(pending)),
         };
         (
@@ -226,14 +232,48 @@ impl Pending {
     }
 }
 
+/// Bytes of copies being filled, counted against `Store::filling`: many
+/// concurrent misses for large responses must not hold more than
+/// `max_size` besides the store itself.
+struct Reserved {
+    store: Arc<Store>,
+    bytes: u64,
+}
+
+impl Reserved {
+    /// Counts `n` more bytes, or says no when the budget is spent.
+    fn take(&mut self, n: u64) -> bool {
+        let before = self.store.filling.fetch_add(n, Relaxed);
+        if before.saturating_add(n) > self.store.conf.max_size {
+            self.store.filling.fetch_sub(n, Relaxed);
+            return false;
+        }
+        self.bytes += n;
+        true
+    }
+
+    fn release(&mut self) {
+        self.store
+            .filling
+            .fetch_sub(std::mem::take(&mut self.bytes), Relaxed);
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The client's body, copied on its way until it ends (then stored) or
-    /// grows past the limit (then the copy is dropped).
+    /// grows past the limit or the fill budget (then the copy is dropped).
     struct Tee {
         #[pin]
         inner: GateBody,
         buf: BytesMut,
         limit: u64,
+        reserved: Reserved,
         pending: Option<Box<Pending>>,
     }
 }
@@ -250,22 +290,32 @@ impl Body for Tee {
         let r = ready!(this.inner.as_mut().poll_frame(cx));
         match &r {
             Some(Ok(frame)) if this.pending.is_some() => match frame.data_ref() {
-                Some(d) if (this.buf.len() + d.len()) as u64 <= *this.limit => {
+                Some(d)
+                    if (this.buf.len() + d.len()) as u64 <= *this.limit
+                        && this.reserved.take(d.len() as u64) =>
+                {
                     this.buf.extend_from_slice(d)
                 }
-                // Too large, or trailers: not stored; waiters go on.
+                // Too large, over the budget, or trailers: not stored;
+                // the waiters go on to the worker.
                 _ => {
                     *this.pending = None;
                     *this.buf = BytesMut::new();
+                    this.reserved.release();
                 }
             },
-            Some(Err(_)) => *this.pending = None,
+            Some(Err(_)) => {
+                *this.pending = None;
+                *this.buf = BytesMut::new();
+                this.reserved.release();
+            }
             _ => {}
         }
         if r.is_none() || this.inner.is_end_stream() {
             if let Some(p) = this.pending.take() {
                 p.store(std::mem::take(this.buf).freeze());
             }
+            this.reserved.release();
         }
         Poll::Ready(r)
     }

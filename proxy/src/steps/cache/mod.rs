@@ -28,6 +28,7 @@
 mod fill;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -209,6 +210,8 @@ pub struct Store {
     entries: moka::sync::Cache<Box<[u8]>, Slot>,
     /// Fills in flight, by primary key (`fill`).
     fills: Mutex<HashMap<Box<[u8]>, tokio::sync::watch::Receiver<()>>>,
+    /// Bytes held by copies being filled (at most `max_size`).
+    filling: AtomicU64,
     pub conf: CacheConf,
 }
 
@@ -230,6 +233,7 @@ impl Store {
         Store {
             entries,
             fills: Mutex::new(HashMap::new()),
+            filling: AtomicU64::new(0),
             conf: conf.clone(),
         }
     }
@@ -477,3 +481,6 @@ fn serve(e: &Entry, req: &Request<'_>, outcome: Outcome, now_ms: u64) -> Respons
     outcome.mark(h);
     resp
 }
+
+#[cfg(test)]
+mod tests;
