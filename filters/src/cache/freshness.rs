@@ -62,7 +62,7 @@ pub enum NotStored {
 pub struct Freshness {
     /// Its freshness lifetime (§4.2.1).
     pub lifetime_ms: u64,
-    /// Its age when it arrived (§4.2.3, `corrected_initial_age`).
+    /// Its age when it arrived: the worker's `Age` (§4.2.3).
     pub initial_age_ms: u64,
     /// RFC 5861 windows after it goes stale (0 = none; 0 too when
     /// `must-revalidate`/`proxy-revalidate` forbid serving it stale).
@@ -140,14 +140,16 @@ pub fn storable(
             },
         },
     };
-    // §4.2.3: the worker is a local socket, so the response delay is ~0.
+    // §4.2.3 with no apparent age: the worker is on a local socket and
+    // shares this clock, so response delay and skew are ~0, while `Date`
+    // has second precision and uvicorn refreshes it once a second; read as
+    // age, that noise would make a `max-age=1` answer stale on arrival.
     let age_value = headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(secs_to_ms)
         .unwrap_or(0);
-    let apparent_age = date.map(|d| now_ms.saturating_sub(d)).unwrap_or(0);
     let (swr, sie) = match cc.allows_stale() {
         true => (
             secs_to_ms(cc.stale_while_revalidate.unwrap_or(0)),
@@ -157,9 +159,7 @@ pub fn storable(
     };
     let f = Freshness {
         lifetime_ms,
-        // Date has second precision: up to 999 ms of apparent age is the
-        // header's rounding, not time spent in transit.
-        initial_age_ms: age_value.max(apparent_age.saturating_sub(999)),
+        initial_age_ms: age_value,
         stale_while_revalidate_ms: swr,
         stale_if_error_ms: sie,
         shared_with_auth,
@@ -335,10 +335,11 @@ mod tests {
         assert_eq!(f.age_secs(NOW + 2_500), 12);
         assert_eq!(f.state(NOW + 49_000), State::Fresh);
         assert_eq!(f.state(NOW + 50_000), State::Expired);
-        // A Date 5 s old counts as 5 s of age (less the header's rounding).
-        let date = http_date(NOW - 5_000);
-        let f = store(&[("cache-control", "max-age=60"), ("date", &date)]).unwrap();
-        assert_eq!(f.age_secs(NOW), 4);
+        // An old `Date` is not age: only `Age` is (see `storable`).
+        let date = http_date(NOW - 1_900);
+        let f = store(&[("cache-control", "max-age=1"), ("date", &date)]).unwrap();
+        assert_eq!(f.age_secs(NOW), 0);
+        assert_eq!(f.state(NOW + 999), State::Fresh);
     }
 
     #[test]
