@@ -313,6 +313,8 @@ async def cached(
     n = _Cached.calls
     if sleep_ms:
         await asyncio.sleep(sleep_ms / 1000)
+    if _Cached.failing:
+        return JSONResponse({"n": n, "failing": True}, status_code=503)
     headers = {}
     if cc:
         headers["Cache-Control"] = cc
@@ -338,3 +340,11 @@ async def cached(
 
 class _Cached:
     calls = 0
+    failing = False
+
+
+@app.post("/cached-failing")
+async def cached_failing(on: int = 1):
+    """Makes every /cached/ call answer 503 (on=1) or not (on=0)."""
+    _Cached.failing = bool(on)
+    return {"failing": _Cached.failing}

@@ -271,6 +271,32 @@ async fn stale_while_revalidate_serves_stale_while_one_refresh_runs() {
 }
 
 #[tokio::test]
+async fn stale_if_error_answers_when_the_worker_fails() {
+    let (w, g) = start(DEFAULT_CACHE).await;
+    let sie = "/cached/sie?cc=max-age%3D1%2C%20stale-if-error%3D60";
+    let plain = "/cached/plain?cc=max-age%3D1";
+    let first = get(g.addr, sie).await;
+    get(g.addr, plain).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        w.direct(Method::POST, "/cached-failing?on=1").await.status,
+        200
+    );
+    // The worker answers 503: the stale copy instead, within stale-if-error.
+    let r = get(g.addr, sie).await;
+    assert_eq!((r.status.as_u16(), x_cache(&r)), (200, "STALE"));
+    assert_eq!(n(&r), n(&first));
+    // Without stale-if-error the failure goes through.
+    let r = get(g.addr, plain).await;
+    assert_eq!((r.status.as_u16(), x_cache(&r)), (503, "MISS"));
+    // No worker at all (the gate's 502): the stale copy too.
+    let mut w = w;
+    w.kill();
+    let r = get(g.addr, sie).await;
+    assert_eq!((r.status.as_u16(), x_cache(&r)), (200, "STALE"));
+}
+
+#[tokio::test]
 async fn concurrent_misses_coalesce_into_one_worker_request() {
     let (w, g) = start(DEFAULT_CACHE).await;
     let path = "/cached/slow?sleep_ms=300";
