@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness and the revocation API. Separate
+//! The admin listener: health, readiness, the revocation API and the
+//! response cache's purges. Separate
 //! from the data plane so it can stay on loopback. Reads need no token;
 //! changes need `Authorization: Bearer <admin token>` (compared in constant
 //! time), and are refused with 403 when no admin token is configured.
