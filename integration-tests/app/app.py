@@ -306,6 +306,7 @@ async def cached(
     sleep_ms: int = 0,
     status: int = 200,
     kib: int = 0,
+    etag: str = "",
 ):
     """For the response cache tests: headers set from the query; `n` counts
     this endpoint's calls (so a test tells a stored answer from a new one)."""
@@ -324,6 +325,8 @@ async def cached(
         headers["Surrogate-Key"] = tags
     if cookie:
         headers["Set-Cookie"] = "session=abc"
+    if etag:
+        headers["ETag"] = '"' + etag + '"'
     body = {
         "n": n,
         "name": name,
@@ -331,6 +334,7 @@ async def cached(
         "user": request.headers.get("x-user"),
         "authorized": "authorization" in request.headers,
         "range": request.headers.get("range"),
+        "if_none_match": request.headers.get("if-none-match"),
         "host": request.headers.get("host"),
         "forwarded_host": request.headers.get("x-forwarded-host"),
         "pad": "x" * (max(kib, 0) * 1024),

@@ -297,6 +297,24 @@ async fn stale_if_error_answers_when_the_worker_fails() {
 }
 
 #[tokio::test]
+async fn validators_are_answered_from_the_stored_copy() {
+    let (w, g) = start(DEFAULT_CACHE).await;
+    let path = "/cached/etag?etag=v1";
+    // The filling request asks the worker for the whole response.
+    let first = get_h(g.addr, path, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!((first.status.as_u16(), x_cache(&first)), (200, "MISS"));
+    assert_eq!(first.json()["if_none_match"], serde_json::Value::Null);
+    let r = get_h(g.addr, path, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!((r.status.as_u16(), x_cache(&r)), (304, "HIT"));
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some("\"v1\""));
+    let r = get_h(g.addr, path, &[("if-none-match", "\"v2\"")]).await;
+    assert_eq!((r.status.as_u16(), x_cache(&r)), (200, "HIT"));
+    assert_eq!(n(&r), n(&first));
+    assert_eq!(w.hits().await, 1);
+}
+
+#[tokio::test]
 async fn concurrent_misses_coalesce_into_one_worker_request() {
     let (w, g) = start(DEFAULT_CACHE).await;
     let path = "/cached/slow?sleep_ms=300";
