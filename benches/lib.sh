@@ -27,6 +27,7 @@ GATE2_PORT="${GATE2_PORT:-18084}"
 NGINX_H2_PORT="${NGINX_H2_PORT:-18085}"
 FLOOR_PORT="${FLOOR_PORT:-18086}"
 HAPROXY_PORT="${HAPROXY_PORT:-18087}"
+VARNISH_PORT="${VARNISH_PORT:-18088}"
 ADMIN_PORT="${ADMIN_PORT:-18901}"
 ADMIN2_PORT="${ADMIN2_PORT:-18902}"
 GZIP_LEVEL="${GZIP_LEVEL:-6}" # the gate's default; nginx is given the same
@@ -352,6 +353,32 @@ haproxy_version() { "$(haproxy_bin_path)" -v 2>/dev/null | awk 'NR==1 {print $3}
 # The admin address of each gate started, by PID: run_one reads the gate's
 # own sheds and its concurrency limit there.
 declare -A GATE_ADMIN=()
+
+# start_varnish SOCK: Debian's Varnish before the worker's socket (a UDS
+# backend, VCL 4.1), one thread pool (`thread_pools=1`), malloc storage of
+# 256 MiB, the built-in VCL (it caches what the worker marks cacheable and
+# coalesces concurrent misses on its waiting list), `X-Cache: HIT|MISS` added.
+# `-j none`: no jail, so it runs as this user and can reach the socket in our
+# private temp dir. REPLY = the manager's PID (the cache process is its child).
+start_varnish() {
+    local sock="$1" dir="$TMP/varnish"
+    mkdir -p "$dir/work"
+    cat >"$dir/default.vcl" <<EOF
+vcl 4.1;
+backend app { .path = "$sock"; }
+sub vcl_deliver {
+    if (obj.hits > 0) { set resp.http.X-Cache = "HIT"; } else { set resp.http.X-Cache = "MISS"; }
+}
+EOF
+    start_bg "$dir/varnishd.log" "$(varnish_bin_path)" -F -j none -n "$dir/work" -f "$dir/default.vcl" \
+        -a "127.0.0.1:$VARNISH_PORT" -s malloc,256m -p thread_pools=1
+    local pid="$REPLY"
+    wait_http "$pid" "http://127.0.0.1:$VARNISH_PORT/healthz" \
+        || { show_log "varnishd failed to start" "$dir/varnishd.log"; exit 1; }
+    REPLY="$pid"
+}
+varnish_bin_path() { command -v varnishd || echo /usr/sbin/varnishd; }
+varnish_version() { "$(varnish_bin_path)" -V 2>&1 | grep -o 'varnish-[0-9.]*' | head -n1; }
 
 # gate_metric ADDR NAME: REPLY = the sum of the samples of metric NAME on the
 # gate's admin /metrics (integers), "" when unreachable or absent. Bash's

@@ -8,7 +8,8 @@
 #                                             # a quick plumbing check (~5 min)
 #
 # Scenarios: hello offload io_bound overload auth_small reject ws h2c
-# static_range (see benches/scenarios/*.sh and benches/README.md). Each starts its own processes
+# static_range cache_hit coalescing (see
+# benches/scenarios/*.sh and benches/README.md). Each starts its own processes
 # (one uvicorn worker each), measures its fronts in alternation (order rotated
 # every rep), stops everything it started by PID and writes
 # benches/results/<scenario>.{csv,md} (overload also overload_openloop.csv); at
@@ -26,27 +27,28 @@
 #      WS_SIZE (64), GZIP_LEVEL (6), OFFLOAD_PATH (/api/big), IO_MS (20),
 #      OVERLOAD_PATH (/api/big), OL_LOADS ("0.05 1 2 3" x capacity),
 #      OL_CAPACITY (req/s, skips measuring it), OL_MAX_CONNS (1024), OL_GRACE
-#      (3 s), GATE_OFF_UPSTREAM ("concurrency: off"), OUT_DIR
+#      (3 s), COALESCE_N (1000), COALESCE_MS (500), GATE_OFF_UPSTREAM ("concurrency: off"), OUT_DIR
 #      (benches/results), GATE_POOL (the gate's upstream pool as a YAML flow
 #      map; default max_connections 256), GATE_BIN (default: build target/release/asgi-gate;
 #      set it to skip the build), KEEP_TMP=1 (keep logs and configs),
 #      ports: GATE_PORT 18080, NGINX_PORT 18081, DIRECT_PORT 18082,
 #      STACK_PORT 18083, GATE2_PORT 18084, NGINX_H2_PORT 18085,
-#      FLOOR_PORT 18086, HAPROXY_PORT 18087, ADMIN_PORT 18901, ADMIN2_PORT 18902.
+#      FLOOR_PORT 18086, HAPROXY_PORT 18087, VARNISH_PORT 18088, ADMIN_PORT 18901,
+#      ADMIN2_PORT 18902.
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # The exact command: every setting given in the environment, before defaults.
 cmd_env=""
 for v in REPS DURATION CONNS WRK_THREADS WARMUP FRONTS H2_CONNS H2_STREAMS WS_CASES WS_SIZE GZIP_LEVEL OFFLOAD_PATH \
-    IO_MS OVERLOAD_PATH OL_LOADS OL_CAPACITY OL_MAX_CONNS OL_GRACE GATE_OFF_UPSTREAM GATE_BIN GATE_POOL OUT_DIR; do
+    IO_MS OVERLOAD_PATH OL_LOADS COALESCE_N COALESCE_MS OL_CAPACITY OL_MAX_CONNS OL_GRACE GATE_OFF_UPSTREAM GATE_BIN GATE_POOL OUT_DIR; do
     [[ -n "${!v:-}" ]] && cmd_env+="$v=\"${!v}\" "
 done
 # shellcheck source=benches/lib.sh
 source "$BENCH_DIR/lib.sh"
 cd "$REPO"
 
-ALL_SCENARIOS=(hello offload io_bound overload auth_small reject ws h2c static_range)
+ALL_SCENARIOS=(hello offload io_bound overload auth_small reject ws h2c static_range cache_hit coalescing)
 SCENARIOS=("$@")
 ((${#SCENARIOS[@]})) || SCENARIOS=("${ALL_SCENARIOS[@]}")
 for s in "${SCENARIOS[@]}"; do
@@ -63,6 +65,7 @@ COMMAND="${COMMAND% }"
 # --- tools ----------------------------------------------------------------------
 tools=(wrk:wrk curl:curl nginx:nginx-light haproxy:haproxy)
 [[ " ${SCENARIOS[*]} " == *" h2c "* ]] && tools+=(h2load:nghttp2-client)
+[[ " ${SCENARIOS[*]} " == *" cache_hit "* || " ${SCENARIOS[*]} " == *" coalescing "* ]] && tools+=(varnishd:varnish)
 ensure_tools "${tools[@]}"
 ensure_gate
 bash scripts/setup-python.sh >&2
@@ -86,7 +89,7 @@ run_scenario() {
     SCENARIO="$1"
     RAW="$TMP/$SCENARIO.raw"
     : >"$RAW"
-    NOTES=() DESC=() RATIOS=() CASES=() REPORT_ARGS=() RUN_HOOK=""
+    NOTES=() DESC=() RATIOS=() CASES=() REPORT_ARGS=() RUN_HOOK="" SELF_REPORT=""
     [[ -n "${GATE_NOTE:-}" ]] && NOTES+=("$GATE_NOTE")
     TITLE="$SCENARIO" UNIT=requests LOAD_DESC=""
     reset_fronts
@@ -98,6 +101,11 @@ run_scenario() {
     local t0=$SECONDS
     "scenario_$SCENARIO"
     stop_all
+    if [[ -n "$SELF_REPORT" ]]; then
+        log "=== $SCENARIO done in $((SECONDS - t0)) s: wrote ${OUT_DIR#"$REPO"/}/$SCENARIO.md and .csv"
+        grep -E '^\| ' "$OUT_DIR/$SCENARIO.md" >&2 || true
+        return 0
+    fi
     local -a args=(--raw "$RAW" --scenario "$SCENARIO" --title "$TITLE" --out-dir "$OUT_DIR"
         --clk "$CLK_TCK" --unit "$UNIT"
         --meta "machine=$META_MACHINE" --meta "date=$META_DATE" --meta "commit=$META_COMMIT"

@@ -17,7 +17,9 @@
 //! mean over every timed iteration of the case, warm-up included).
 //!
 //! `cargo bench -p asgi-gate-benches --bench compression` (about 1.5 min on
-//! one core); append `-- --quick` for a rougher, faster run.
+//! one core); append `-- --quick` for a rougher, faster run. The group
+//! `cache_hit` (`-- cache_hit`) is the response cache's choice: a stored
+//! copy per coding against compressing a stored identity copy per hit.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -401,9 +403,36 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// What a response-cache hit costs per request for a stored 64 KiB JSON
+/// (docs/cache.md): a copy stored per coding is served by handing out its
+/// bytes (`copy`: a full memcpy, the most a hit can spend on the body);
+/// storing identity only would compress on every hit (`gzip6`, `br4`, as
+/// the gate's defaults, length declared).
+fn bench_cache_hit(c: &mut Criterion) {
+    let input = json_64k();
+    let mut g = c.benchmark_group("cache_hit");
+    g.throughput(Throughput::Bytes(input.len() as u64));
+    let mut out = Vec::with_capacity(input.len());
+    g.bench_function("copy", |b| {
+        b.iter(|| {
+            out.clear();
+            out.extend_from_slice(black_box(&input));
+            black_box(&out);
+        })
+    });
+    for (name, coding, level) in [("gzip6", Coding::Gzip, 6), ("br4", Coding::Br, 4)] {
+        let l = levels(coding, level);
+        g.bench_function(name, |b| {
+            b.iter(|| compress(black_box(&input), coding, &l, true, &mut out))
+        });
+    }
+    g.finish();
+}
+
 fn main() {
     let rows = RefCell::new(Vec::new());
     let mut c = Criterion::default().configure_from_args();
+    bench_cache_hit(&mut c);
     bench_compression(&mut c, &rows);
     c.final_summary();
     print_table(&rows.borrow());

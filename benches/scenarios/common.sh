@@ -116,6 +116,39 @@ nginx_pids() { echo "$NGINX_PID" $(children_of "$NGINX_PID"); }
 # shellcheck disable=SC2046 # one PID per word
 haproxy_pids() { echo "$HAPROXY_PID" $(children_of "$HAPROXY_PID"); }
 
+# varnish_pids: the running varnishd ($VARNISH_PID): manager and cache process.
+# shellcheck disable=SC2046 # one PID per word
+varnish_pids() { echo "$VARNISH_PID" $(children_of "$VARNISH_PID"); }
+
+# nginx_cache_http / nginx_cache_location [on]: nginx's proxy_cache for the
+# cache scenarios (zone in $TMP/nginx/cache, 256 MiB), a location for
+# /cacheable/ set up as the main one plus the cache, `X-Cache` from
+# $upstream_cache_status; "on" adds proxy_cache_lock (timeout 10 s).
+nginx_cache_http() {
+    echo "    proxy_cache_path $TMP/nginx/cache levels=1:2 keys_zone=gate_bench:16m max_size=256m inactive=1h use_temp_path=off;"
+}
+nginx_cache_location() {
+    local lock=""
+    [[ "${1:-off}" == on ]] && lock="            proxy_cache_lock on;
+            proxy_cache_lock_timeout 10s;"
+    cat <<EOF
+        location /cacheable/ {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection '';
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Request-Id \$request_id;
+            add_header X-Request-Id \$request_id always;
+            add_header X-Cache \$upstream_cache_status always;
+            proxy_cache gate_bench;
+$lock
+        }
+EOF
+}
+
 # haproxy_desc: what every HAProxy row says about itself.
 haproxy_desc() {
     echo "HAProxy $(haproxy_version), nbthread 1, \`http-reuse always\` to the socket, no server maxconn (it opens a worker connection per request in flight), sending the worker the headers the gate sends and returning X-Request-Id"

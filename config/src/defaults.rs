@@ -16,6 +16,8 @@
 //! | `compression.min_size` | 1024 |
 //! | `compression.content_types` | application/json, text/*, application/javascript |
 //! | `compression.levels` | gzip 6, br 4, zstd 3 |
+//! | `cache` | max_size 64MiB, max_entry_size 1MiB, lock_timeout 5s (used by routes with `cache:`) |
+//! | `routes.*.cache` | off; `authorized` false, no `key_claim` |
 //! | `cors.allow_methods` | GET, HEAD, POST |
 //! | `limits` | max_body 10MiB, max_header_bytes 16KiB, max_header_fields 256, header_timeout 10s, body_timeout 60s, max_concurrent_streams 100, max_connections 10 000, max_connections_per_ip 256, websocket_idle_timeout 10m, max_buffered 1GiB |
 //! | `paths.encoded_slash` | reject |
@@ -57,6 +59,18 @@ pub const COMPRESSION_CONTENT_TYPES: [&str; 3] =
 pub const GZIP_LEVEL: u32 = 6;
 pub const BR_LEVEL: u32 = 4;
 pub const ZSTD_LEVEL: u32 = 3;
+pub const CACHE_MAX_SIZE: u64 = 64 * 1024 * 1024;
+pub const CACHE_MAX_ENTRY_SIZE: u64 = 1024 * 1024;
+/// nginx's `proxy_cache_lock_timeout` default.
+pub const CACHE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn cache() -> Cache {
+    Cache {
+        max_size: CACHE_MAX_SIZE,
+        max_entry_size: CACHE_MAX_ENTRY_SIZE,
+        lock_timeout: CACHE_LOCK_TIMEOUT,
+    }
+}
 pub const MAX_BODY: u64 = 10 * 1024 * 1024;
 /// Request bodies buffered at once, gate-wide (`limits.max_buffered`).
 pub const MAX_BUFFERED: u64 = 1024 * 1024 * 1024;
@@ -169,10 +183,18 @@ fn app_route(path: &str) -> Route {
         rate_limits: Vec::new(),
         compression: None,
         compress_event_stream: false,
+        cache: None,
         cors: RouteCors::Inherit,
         websocket: None,
         buffer_request: true,
         buffer_response: None,
+    }
+}
+
+impl Default for Cache {
+    /// What a route's `cache:` uses without a top-level `cache:` section.
+    fn default() -> Cache {
+        cache()
     }
 }
 
@@ -208,6 +230,7 @@ pub fn supervised_default() -> Config {
         revocation: None,
         rate_limits: BTreeMap::new(),
         compression: Some(compression()),
+        cache: None,
         cors: None,
         allowed_hosts: None,
         https_redirect: false,

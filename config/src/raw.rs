@@ -23,6 +23,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "revocation",
     "rate_limits",
     "compression",
+    "cache",
     "cors",
     "allowed_hosts",
     "https_redirect",
@@ -210,6 +211,49 @@ pub struct RawLevels {
     pub zstd: Option<i64>,
 }
 
+/// The top-level `cache:` section (or `true` for the defaults).
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub max_size: Option<Size>,
+    pub max_entry_size: Option<Size>,
+    pub lock_timeout: Option<Dur>,
+}
+
+/// A route's `cache:`: `true`, `false`, or `{ authorized, key_claim }`.
+#[derive(Debug)]
+pub enum RawRouteCache {
+    Switch(bool),
+    Options(RawRouteCacheOptions),
+}
+
+impl<'de> Deserialize<'de> for RawRouteCache {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawRouteCache;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or { authorized: true, key_claim: NAME }")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(RawRouteCache::Switch(b))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, m: M) -> Result<Self::Value, M::Error> {
+                RawRouteCacheOptions::deserialize(de::value::MapAccessDeserializer::new(m))
+                    .map(RawRouteCache::Options)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCacheOptions {
+    pub authorized: Option<bool>,
+    pub key_claim: Option<String>,
+}
+
 #[derive(Debug, DeriveDeserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCors {
@@ -270,6 +314,7 @@ pub struct RawRoute {
     pub scopes: Option<Vec<String>>,
     pub rate_limit: Option<OneOrMany>,
     pub compression: Option<RawRouteCompression>,
+    pub cache: Option<RawRouteCache>,
     /// `false` or a cors mapping; checked by `validate` so that errors inside
     /// the mapping keep their path.
     pub cors: Option<serde_yaml::Value>,

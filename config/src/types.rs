@@ -27,6 +27,8 @@ pub struct Config {
     pub revocation: Option<Revocation>,
     pub rate_limits: BTreeMap<String, RateLimit>,
     pub compression: Option<Compression>,
+    /// The response cache's storage; routes opt in with `cache:`.
+    pub cache: Option<Cache>,
     pub cors: Option<Cors>,
     /// `None` = any host allowed.
     pub allowed_hosts: Option<Vec<String>>,
@@ -183,6 +185,27 @@ pub struct Compression {
     pub levels: BTreeMap<Coding, u32>,
 }
 
+/// The top-level `cache:` section: one store for every caching route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    /// default 64 MiB: bytes held, entries and their keys and headers counted
+    pub max_size: u64,
+    /// default 1 MiB: a larger response is streamed and not stored
+    pub max_entry_size: u64,
+    /// default 5s: how long a miss waits for the same key's fill in flight
+    pub lock_timeout: Duration,
+}
+
+/// A route's `cache:` (off when absent).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteCache {
+    /// Requests with `Authorization` may use the cache; only responses
+    /// marked `public` or `s-maxage` are stored for them. Default false.
+    pub authorized: bool,
+    /// A verified claim added to the key: one copy per user. Default none.
+    pub key_claim: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Cors {
     pub allow_origins: Vec<String>,
@@ -313,6 +336,8 @@ pub struct Route {
     /// `compression: { sse: true }`: compress `text/event-stream` too,
     /// flushing every event.
     pub compress_event_stream: bool,
+    /// `None`: responses on this route are never cached.
+    pub cache: Option<RouteCache>,
     pub cors: RouteCors,
     pub websocket: Option<WebSocketOpts>,
     /// default true: the request body is read whole before the request

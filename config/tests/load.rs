@@ -845,3 +845,101 @@ routes:
     assert!(!c.routes[1].compress_event_stream);
     assert_eq!(c.routes[2].compression, None);
 }
+
+#[test]
+fn cache_section_and_route_opt_in() {
+    let text = "\
+listen:
+  - address: 127.0.0.1:8080
+upstreams:
+  app:
+    sockets: [/run/app.sock]
+auth:
+  users:
+    algorithms: [HS256]
+    secret_env: JWT_SECRET
+cache:
+  max_size: 16MiB
+  lock_timeout: 2s
+routes:
+  - path: /items
+    upstream: app
+    cache: true
+  - path: /me
+    upstream: app
+    auth: users
+    cache: { authorized: true, key_claim: sub }
+  - path: /{*rest}
+    upstream: app
+";
+    let c = load_with(text, LoadOptions::default()).unwrap();
+    let cache = c.cache.unwrap();
+    assert_eq!(cache.max_size, 16 * 1024 * 1024);
+    assert_eq!(cache.max_entry_size, 1024 * 1024);
+    assert_eq!(cache.lock_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(c.routes[0].cache, Some(Default::default()));
+    let me = c.routes[1].cache.as_ref().unwrap();
+    assert!(me.authorized);
+    assert_eq!(me.key_claim.as_deref(), Some("sub"));
+    assert_eq!(c.routes[2].cache, None);
+}
+
+#[test]
+fn cache_checks() {
+    let text =
+        format!("{MINIMAL}cache:\n  max_size: 0\n  max_entry_size: 2MiB\n  lock_timeout: 0s\n");
+    let errs = errors(&text);
+    let pos: Vec<(usize, usize)> = errs.iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(pos, vec![(10, 13), (11, 19), (12, 17)], "{errs:#?}");
+    assert!(errs[0].2.contains("max_size must be greater than zero"));
+    assert!(errs[1].2.contains("larger than max_size"));
+    assert!(errs[2].2.contains("lock_timeout must be greater than zero"));
+    one_error(
+        &format!("{MINIMAL}cache:\n  max_size: lots\n"),
+        10,
+        13,
+        "lots",
+    );
+    one_error(
+        &format!("{MINIMAL}cache:\n  ttl: 5s\n"),
+        10,
+        3,
+        "unknown key `ttl`",
+    );
+}
+
+#[test]
+fn route_cache_checks() {
+    let dir = files();
+    let text = format!(
+        "\
+listen:
+  - address: 127.0.0.1:8080
+upstreams:
+  app:
+    sockets: [/run/app.sock]
+routes:
+  - path: /files/{{*p}}
+    static: {{ dir: {} }}
+    cache: true
+  - path: /ws
+    upstream: app
+    websocket: {{ max_message: 1MiB }}
+    cache: true
+  - path: /me
+    upstream: app
+    cache: {{ key_claim: sub }}
+  - path: /x
+    upstream: app
+    cache: {{ ttl: 5 }}
+",
+        dir.path().display()
+    );
+    let errs = errors(&text);
+    let pos: Vec<(usize, usize)> = errs.iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(pos, vec![(9, 5), (13, 5), (16, 25), (19, 14)], "{errs:#?}");
+    assert!(errs[0].2.contains("static route"));
+    assert!(errs[1].2.contains("WebSocket"));
+    assert!(errs[2].2.contains("add `auth: POLICY`"));
+    assert!(errs[3].2.contains("unknown key `ttl`"));
+}

@@ -5,6 +5,7 @@
 // measured madvise hint).
 #![deny(unsafe_code)]
 
+pub mod cache;
 pub mod compression;
 pub mod concurrency;
 pub mod cors;

@@ -229,6 +229,22 @@ async def api_big():
     return JSONResponse(BIG)
 
 
+# For the cache benches (benches/scenarios/cache_hit.sh, coalescing.sh):
+# answers every proxy cache may keep.
+_CACHEABLE = {"Cache-Control": "public, max-age=3600"}
+
+
+@app.get("/cacheable/big")
+async def cacheable_big():
+    return Response(content=BIG_BYTES, media_type="application/json", headers=_CACHEABLE)
+
+
+@app.get("/cacheable/slow")
+async def cacheable_slow(ms: int = 500):
+    await asyncio.sleep(max(ms, 0) / 1000)
+    return JSONResponse({"slow": ms}, headers=_CACHEABLE)
+
+
 @app.get("/api/hello")
 async def api_hello():
     return {"message": "hello"}
@@ -275,3 +291,64 @@ async def ws_rogue(ws: WebSocket):
     await ws.accept(headers=[(b"sec-websocket-extensions", b"permessage-deflate")])
     while (await ws.receive())["type"] != "websocket.disconnect":
         pass
+
+
+@app.api_route("/cached/{name:path}", methods=["GET", "HEAD"])
+@app.api_route("/private/{name:path}", methods=["GET", "HEAD"])
+@app.api_route("/user/{name:path}", methods=["GET", "HEAD"])
+async def cached(
+    request: Request,
+    name: str,
+    cc: str = "max-age=60",
+    vary: str = "",
+    tags: str = "",
+    cookie: int = 0,
+    sleep_ms: int = 0,
+    status: int = 200,
+    kib: int = 0,
+    etag: str = "",
+):
+    """For the response cache tests: headers set from the query; `n` counts
+    this endpoint's calls (so a test tells a stored answer from a new one)."""
+    _Cached.calls += 1
+    n = _Cached.calls
+    if sleep_ms:
+        await asyncio.sleep(sleep_ms / 1000)
+    if _Cached.failing:
+        return JSONResponse({"n": n, "failing": True}, status_code=503)
+    headers = {}
+    if cc:
+        headers["Cache-Control"] = cc
+    if vary:
+        headers["Vary"] = vary
+    if tags:
+        headers["Surrogate-Key"] = tags
+    if cookie:
+        headers["Set-Cookie"] = "session=abc"
+    if etag:
+        headers["ETag"] = '"' + etag + '"'
+    body = {
+        "n": n,
+        "name": name,
+        "tenant": request.headers.get("x-tenant"),
+        "user": request.headers.get("x-user"),
+        "authorized": "authorization" in request.headers,
+        "range": request.headers.get("range"),
+        "if_none_match": request.headers.get("if-none-match"),
+        "host": request.headers.get("host"),
+        "forwarded_host": request.headers.get("x-forwarded-host"),
+        "pad": "x" * (max(kib, 0) * 1024),
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _Cached:
+    calls = 0
+    failing = False
+
+
+@app.post("/cached-failing")
+async def cached_failing(on: int = 1):
+    """Makes every /cached/ call answer 503 (on=1) or not (on=0)."""
+    _Cached.failing = bool(on)
+    return {"failing": _Cached.failing}

@@ -101,6 +101,8 @@ pub struct RequestLog {
     /// Time the request waited at the gate for a worker slot.
     pub queued: Option<Duration>,
     pub reason: Option<&'static str>,
+    /// hit, miss, stale or bypass on a caching route; `None` elsewhere.
+    pub cache: Option<&'static str>,
 }
 
 impl RequestLog {
@@ -120,6 +122,7 @@ impl RequestLog {
             socket: None,
             queued: None,
             reason: None,
+            cache: None,
         }
     }
 
@@ -230,13 +233,17 @@ impl RequestLog {
             Some(r) => push_json_str(&mut line, r),
             None => line.push_str("null"),
         }
+        if let Some(c) = self.cache {
+            line.push_str(",\"cache\":");
+            push_json_str(&mut line, c);
+        }
         line.push_str("}\n");
         line
     }
 
     fn text_line(&self, route: &str, bytes: u64, elapsed: Duration) -> String {
         format!(
-            "{} {} \"{} {}\" {} {} {}us id={} route={} upstream={} queue={} reason={}\n",
+            "{} {} \"{} {}\" {} {} {}us id={} route={} upstream={} queue={} reason={}{}\n",
             rfc3339(started_at(elapsed)),
             self.client_ip
                 .map(|ip| ip.to_string())
@@ -257,6 +264,10 @@ impl RequestLog {
                 None => "-".into(),
             },
             self.reason.unwrap_or("-"),
+            match self.cache {
+                Some(c) => format!(" cache={c}"),
+                None => String::new(),
+            },
         )
     }
 }

@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness and the revocation API. Separate
+//! The admin listener: health, readiness, the revocation API and the
+//! response cache's purges. Separate
 //! from the data plane so it can stay on loopback. Reads need no token;
 //! changes need `Authorization: Bearer <admin token>` (compared in constant
 //! time), and are refused with 403 when no admin token is configured.
@@ -183,6 +184,31 @@ async fn handle(
                 ))),
             }
         }
+        (Method::GET, "/cache") => {
+            let store = gate.cache.as_ref().ok_or(Reject::NotFound)?;
+            let (bytes, entries) = store.usage();
+            Ok(json_value(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "entries": entries,
+                    "bytes": bytes,
+                    "max_size": store.conf.max_size,
+                }),
+            ))
+        }
+        (Method::DELETE, "/cache") => {
+            authorize(conf, &req)?;
+            let store = gate.cache.as_ref().ok_or(Reject::NotFound)?;
+            let (prefix, key) = purge_query(req.uri().query())?;
+            let purged = store.purge(prefix.as_deref(), key.as_deref());
+            Ok(json_value(
+                StatusCode::OK,
+                &serde_json::json!({ "purged": purged }),
+            ))
+        }
+        (_, "/cache") => Err(Reject::MethodNotAllowed(HeaderValue::from_static(
+            "GET, DELETE",
+        ))),
         (_, "/healthz" | "/readyz") => {
             Err(Reject::MethodNotAllowed(HeaderValue::from_static("GET")))
         }
@@ -191,6 +217,33 @@ async fn handle(
         ))),
         _ => Err(Reject::NotFound),
     }
+}
+
+/// `DELETE /cache` parameters: `prefix` (a decoded path prefix) and `key`
+/// (a surrogate key), percent-decoded; neither means everything.
+fn purge_query(query: Option<&str>) -> Result<(Option<String>, Option<String>), Reject> {
+    let (mut prefix, mut key) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value)
+            .ok_or(Reject::BadRequest("invalid percent-encoding in the query"))?;
+        if value.is_empty() {
+            return Err(Reject::BadRequest(
+                "an empty prefix or key would purge everything: use DELETE /cache",
+            ));
+        }
+        match name {
+            "prefix" if value.starts_with('/') => prefix = Some(value),
+            "prefix" => return Err(Reject::BadRequest("prefix is a path and starts with /")),
+            "key" => key = Some(value),
+            _ => {
+                return Err(Reject::BadRequest(
+                    "DELETE /cache takes ?prefix=/path or ?key=SURROGATE-KEY",
+                ))
+            }
+        }
+    }
+    Ok((prefix, key))
 }
 
 /// Mutations need the admin bearer token.
@@ -332,6 +385,12 @@ fn render_metrics(gate: &Gate) -> Vec<u8> {
         m.rate_limit_keys
             .with_label_values(&[l.name()])
             .set(l.len() as i64);
+    }
+    if let Some(store) = &gate.cache {
+        let (bytes, entries) = store.usage();
+        m.cache_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        m.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
     m.websockets_open.set(
         gate.websockets_open

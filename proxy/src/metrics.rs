@@ -31,6 +31,11 @@ pub struct Metrics {
     pub queue_length: IntGaugeVec,
     pub queue_wait: HistogramVec,
     pub shed: IntCounterVec,
+    pub cache_requests: IntCounterVec,
+    pub cache_coalesced: IntCounter,
+    pub cache_evictions: IntCounter,
+    pub cache_bytes: IntGauge,
+    pub cache_entries: IntGauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -146,6 +151,31 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["upstream", "reason"],
     )?;
+    let cache_requests = IntCounterVec::new(
+        Opts::new(
+            "cache_requests_total",
+            "Requests on caching routes, by what the cache did: hit, miss, stale (served stale), bypass.",
+        ),
+        &["result"],
+    )?;
+    let cache_coalesced = IntCounter::new(
+        "cache_coalesced_total",
+        "Cache misses that waited for the same key's fill in flight instead of asking the worker at once.",
+    )?;
+    let cache_evictions = IntCounter::new(
+        "cache_evictions_total",
+        "Cache entries removed to stay within cache.max_size.",
+    )?;
+    let cache_bytes = IntGauge::new(
+        "cache_bytes",
+        "Bytes the response cache holds, as weighed against cache.max_size (keys, headers, bodies, overhead).",
+    )?;
+    let cache_entries = IntGauge::new("cache_entries", "Entries in the response cache.")?;
+    registry.register(Box::new(cache_requests.clone()))?;
+    registry.register(Box::new(cache_coalesced.clone()))?;
+    registry.register(Box::new(cache_evictions.clone()))?;
+    registry.register(Box::new(cache_bytes.clone()))?;
+    registry.register(Box::new(cache_entries.clone()))?;
     registry.register(Box::new(concurrency_limit.clone()))?;
     registry.register(Box::new(queue_length.clone()))?;
     registry.register(Box::new(queue_wait.clone()))?;
@@ -184,6 +214,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         queue_length,
         queue_wait,
         shed,
+        cache_requests,
+        cache_coalesced,
+        cache_evictions,
+        cache_bytes,
+        cache_entries,
     })
 }
 

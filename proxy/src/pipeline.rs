@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use asgi_gate_filters::compression::{Coding, Policy as CompressionPolicy};
 use asgi_gate_filters::jwt::{self, AuthError, Claims, TokenLocation};
 use asgi_gate_filters::limits;
 use asgi_gate_filters::ratelimit::{self, ClaimValue, RateLimit};
@@ -25,9 +26,10 @@ use crate::gate::router::{RouteEntry, Target};
 use crate::gate::Gate;
 use crate::reject::{self, Reject};
 use crate::steps::auth::AuthSlot;
+use crate::steps::cache::{self, Lookup};
 use crate::steps::compress;
 use crate::steps::websocket;
-use crate::upstream::{RequestBody, UpstreamError};
+use crate::upstream::{RequestBody, Upstream, UpstreamError};
 
 /// What the gate knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -157,6 +159,14 @@ async fn process(
         }
     }
     log.route = Some(route.clone());
+    // Purges by prefix compare the decoded path (cache routes only; boxed,
+    // as everything the cache adds to the request's future).
+    let mut cache_id: Option<Box<CacheId>> = route.cache.as_ref().map(|_| {
+        Box::new(CacheId {
+            decoded_path: path.into(),
+            key_claim: None,
+        })
+    });
     if let Cow::Owned(encoded) = canonical.encoded {
         log.set_path(&encoded);
         let query = req.uri().query().map(str::to_owned);
@@ -178,8 +188,9 @@ async fn process(
     // 4. Identity: claim headers are the gate's alone, on every route; then
     //    the JWT, revocation, scopes and the limits keyed by claims.
     jwt::strip_client_claim_headers(req.headers_mut(), &gate.claim_headers);
+    let had_authorization = req.headers().contains_key(header::AUTHORIZATION);
     if let Some(slot) = &route.auth {
-        authenticate(
+        let key_claim = authenticate(
             gate,
             slot,
             &route,
@@ -189,6 +200,9 @@ async fn process(
             &mut limit_headers,
         )
         .await?;
+        if let Some(id) = &mut cache_id {
+            id.key_claim = key_claim;
+        }
     }
 
     // 5. What the worker receives.
@@ -221,25 +235,76 @@ async fn process(
         parts.headers.insert(header::HOST, host);
     }
 
-    // 6. A static route's file, or the worker's answer over a pooled
+    // 6. The response cache, on routes with `cache:`: after the limits and
+    //    the JWT (a stored answer is never a way around them), before a
+    //    worker slot is taken. A stored answer goes back now; a miss either
+    //    fills the key (the others wait for it, up to `lock_timeout`) or
+    //    goes to the worker after that wait.
+    let mut fill = None;
+    let mut cached = None;
+    if let (Some(rc), Some(store), None) = (&route.cache, &gate.cache, &on_upgrade) {
+        let coding = compression.and_then(|(_, c)| c).map(|c| c.as_str());
+        let key = CacheKeyParts {
+            gate_compresses: compression.is_some(),
+            proto: conn.proto,
+            decoded_path: cache_id.as_ref().map_or("", |id| &id.decoded_path),
+            coding,
+            claim: cache_id.as_ref().and_then(|id| id.key_claim.as_deref()),
+            had_authorization,
+        };
+        let lookup = Box::pin(cache_lookup(store, rc, &parts, key)).await;
+        match lookup {
+            Lookup::Bypass => cached = Some(cache::Outcome::Bypass),
+            Lookup::Served(mut resp, outcome, refresh) => {
+                if let (Some(refresh), Target::Upstream(index)) = (refresh, &route.target) {
+                    if let Some(upstream) = gate.upstreams.get(*index) {
+                        let compression = compression.map(|(p, c)| (p.clone(), c));
+                        spawn_refresh(upstream.clone(), &parts, compression, refresh);
+                    }
+                }
+                log.cache = Some(outcome.as_str());
+                resp.headers_mut().extend(limit_headers);
+                return Ok(resp);
+            }
+            Lookup::Miss(f) => {
+                f.prepare(&mut parts.headers);
+                fill = Some(f);
+            }
+        }
+    }
+
+    // 7. A static route's file, or the worker's answer over a pooled
     //    connection, streamed back.
-    let mut resp = match &route.target {
+    let fetched = match &route.target {
         Target::Static(files) => {
             // Boxed, as the other rare paths: the request's future is moved
             // a few times on its way, so it is kept to what most requests need.
-            Box::pin(files.serve(&parts.method, parts.uri.path(), &parts.headers)).await?
+            Box::pin(files.serve(&parts.method, parts.uri.path(), &parts.headers))
+                .await
+                .map_err(Reject::from)
         }
-        Target::Upstream(index) => {
-            let upstream = gate.upstreams.get(*index).ok_or(Reject::BadGateway)?;
+        Target::Upstream(index) => 'fetch: {
+            // Inline, not a function of its own: a called future would
+            // add its own copy of the request to the request's future.
+            // Errors leave the block (`fail!`) so that a stale copy may
+            // answer instead (stale-if-error).
+            macro_rules! fail {
+                ($label:lifetime, $e:expr) => {
+                    match $e {
+                        Ok(v) => v,
+                        Err(e) => break $label Err(Reject::from(e)),
+                    }
+                };
+            }
+            let upstream = fail!('fetch, gate.upstreams.get(*index).ok_or(Reject::BadGateway));
             // The body is read whole here first (unless the route streams
             // uploads), so a slow upload never holds a worker slot; then
             // the request waits at the gate for a slot under the worker's
             // concurrency limit, and goes.
             let mut body = RequestBody::new(body, gate.limits.max_body, gate.limits.body_timeout);
             if route.conf.buffer_request && on_upgrade.is_none() && !body.is_empty() {
-                let (buffered, len) = Box::pin(body.buffer(gate.limits.max_buffered))
-                    .await
-                    .map_err(UpstreamError::from)?;
+                let buffered = Box::pin(body.buffer(gate.limits.max_buffered)).await;
+                let (buffered, len) = fail!('fetch, buffered.map_err(UpstreamError::from));
                 body = buffered;
                 parts
                     .headers
@@ -248,44 +313,154 @@ async fn process(
             // WebSocket handshakes skip the queue: a session is no load
             // the limit can measure, and a burst of reconnects is not overload.
             let admit = on_upgrade.is_none();
-            let sent = upstream
-                .send(Request::from_parts(parts, body), admit)
-                .await?;
+            let sent = fail!(
+                'fetch,
+                upstream
+                    .send(Request::from_parts(parts, body), admit)
+                    .await
+            );
             log.socket = Some(sent.socket);
             log.queued = Some(sent.queued);
-            match on_upgrade {
-                Some(client_side) => websocket::relay(
-                    &gate.websockets_open,
-                    gate.limits.websocket_idle_timeout,
-                    route.websocket.clone(),
-                    sent.response,
-                    sent.in_flight,
-                    client_side,
-                )?,
+            Ok(match on_upgrade {
+                Some(client_side) => fail!(
+                    'fetch,
+                    websocket::relay(
+                        &gate.websockets_open,
+                        gate.limits.websocket_idle_timeout,
+                        route.websocket.clone(),
+                        sent.response,
+                        sent.in_flight,
+                        client_side,
+                    )
+                ),
                 None => match route.conf.buffer_response {
-                    Some(max) => {
+                    Some(max) => fail!(
+                        'fetch,
                         Box::pin(buffered_to_client(
                             sent.response,
                             sent.in_flight,
                             max,
                             upstream.read_timeout,
                         ))
-                        .await?
-                    }
+                        .await
+                    ),
                     None => to_client(sent.response, sent.in_flight),
                 },
-            }
+            })
         }
     };
 
-    // 7. Compression, and the response headers the policies asked for.
-    if let Some((policy, accepted)) = compression {
-        resp = Box::pin(compress::respond(policy, &method, accepted, resp)).await?;
+    // 8. Compression, the cache's copy (or a stale one if the worker
+    //    failed), and the response headers the policies asked for.
+    let mut resp = match (fetched, fill) {
+        (Err(e), Some(fill)) => {
+            let stale = fill.stale_on_error().ok_or(e)?;
+            cached = Some(cache::Outcome::Stale);
+            stale
+        }
+        (Err(e), None) => return Err(e),
+        (Ok(mut resp), fill) => {
+            if let Some((policy, accepted)) = compression {
+                resp = Box::pin(compress::respond(policy, &method, accepted, resp)).await?;
+            }
+            match fill {
+                Some(fill) => {
+                    let (resp, outcome) = fill.finish(resp);
+                    cached = Some(outcome);
+                    resp
+                }
+                None => resp,
+            }
+        }
+    };
+    if let Some(outcome) = cached {
+        log.cache = Some(outcome.as_str());
+        if outcome == cache::Outcome::Bypass {
+            // Surrogate keys are the gate's, stored or not.
+            asgi_gate_filters::cache::strip_surrogate_headers(resp.headers_mut());
+            outcome.mark(resp.headers_mut());
+        }
     }
     if !limit_headers.is_empty() {
         resp.headers_mut().extend(limit_headers);
     }
     Ok(resp)
+}
+
+/// What a caching route's key takes from earlier steps.
+struct CacheId {
+    decoded_path: Box<str>,
+    /// The route's `key_claim`, from the verified token.
+    key_claim: Option<String>,
+}
+
+/// What the cache key needs besides the request head.
+struct CacheKeyParts<'r> {
+    gate_compresses: bool,
+    proto: &'r str,
+    decoded_path: &'r str,
+    coding: Option<&'r str>,
+    claim: Option<&'r str>,
+    had_authorization: bool,
+}
+
+/// Step 6's lookup (boxed by the caller: only caching routes carry it).
+async fn cache_lookup(
+    store: &Arc<cache::Store>,
+    route: &asgi_gate_config::RouteCache,
+    parts: &http::request::Parts,
+    key: CacheKeyParts<'_>,
+) -> Lookup {
+    let req = cache::Request {
+        method: &parts.method,
+        headers: &parts.headers,
+        proto: key.proto,
+        host: parts
+            .headers
+            .get(header::HOST)
+            .map_or(&[][..], |h| h.as_bytes()),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        decoded_path: key.decoded_path,
+        coding: key.coding,
+        gate_compresses: key.gate_compresses,
+        claim: key.claim,
+        had_authorization: key.had_authorization,
+    };
+    store.lookup(route, &req).await
+}
+
+/// stale-while-revalidate (RFC 5861 §3): the stale copy went to the client;
+/// this asks the worker again in the background, as the request that
+/// filled it would have, and stores the answer. Its fill lock keeps it to
+/// one refresh per key; dropping it (any failure) releases the key.
+fn spawn_refresh(
+    upstream: Arc<Upstream>,
+    parts: &http::request::Parts,
+    compression: Option<(Arc<CompressionPolicy>, Option<Coding>)>,
+    fill: Box<cache::Fill>,
+) {
+    let mut req = Request::new(RequestBody::empty());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    fill.prepare(req.headers_mut());
+    tokio::spawn(async move {
+        let Ok(sent) = upstream.send(req, true).await else {
+            return;
+        };
+        let mut resp = to_client(sent.response, sent.in_flight);
+        if let Some((policy, accepted)) = &compression {
+            match compress::respond(policy, &Method::GET, *accepted, resp).await {
+                Ok(r) => resp = r,
+                Err(_) => return,
+            }
+        }
+        // Reading the body to its end is what stores it.
+        let (resp, _) = fill.finish(resp);
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+    });
 }
 
 /// 204 with the CORS headers, or 400 saying what the policy refuses.
@@ -311,7 +486,7 @@ async fn authenticate(
     req: &mut Request<Incoming>,
     is_websocket: bool,
     limit_headers: &mut HeaderMap,
-) -> Result<(), Reject> {
+) -> Result<Option<String>, Reject> {
     let policy = slot.current();
     // `?access_token=` only on WebSocket handshakes: browsers cannot set
     // headers there, and elsewhere it would leak tokens into logs.
@@ -343,7 +518,17 @@ async fn authenticate(
     for (name, value) in forwarded {
         req.headers_mut().insert(name, value);
     }
-    Ok(())
+    // The route's cache `key_claim`: one copy per value.
+    let key_claim = route.cache.as_ref().and_then(|c| c.key_claim.as_deref());
+    Ok(
+        key_claim.and_then(|name| match claim_value(&claims, name)? {
+            // Typed, so that "1" and 1 are two keys.
+            ClaimValue::Str(s) => Some(format!("s:{s}")),
+            ClaimValue::UInt(n) => Some(format!("n:{n}")),
+            ClaimValue::Int(n) => Some(format!("n:{n}")),
+            ClaimValue::Float(n) => Some(format!("n:{n}")),
+        }),
+    )
 }
 
 /// The URI the worker sees when the token came in the query string.

@@ -466,6 +466,7 @@ impl Ctx<'_> {
         let revocation = self.revocation(top);
         let rate_limits = self.rate_limits(top, &mut names, &revocation);
         let compression = self.compression(top);
+        let cache = self.cache(top);
         let cors = present(top, "cors").and_then(|v| self.cors(v, &root().key("cors")));
         let allowed_hosts = self.allowed_hosts(top);
         let https_redirect = self.https_redirect(top);
@@ -486,6 +487,7 @@ impl Ctx<'_> {
             revocation,
             rate_limits,
             compression,
+            cache,
             cors,
             allowed_hosts,
             https_redirect,

@@ -276,3 +276,55 @@ impl Ctx<'_> {
         })
     }
 }
+
+impl Ctx<'_> {
+    /// The top-level `cache:` section: `true` for the defaults, or sizes.
+    pub(super) fn cache(&mut self, top: &Mapping) -> Option<Cache> {
+        let p = root().key("cache");
+        let raw = match present(top, "cache")? {
+            Value::Bool(true) => return Some(defaults::cache()),
+            Value::Bool(false) => return None,
+            v @ Value::Mapping(_) => self.de::<RawCache>(v, &p)?,
+            _ => {
+                self.at_value(
+                    &p,
+                    "`cache` must be a mapping such as `{ max_size: 256MiB }` (or true for the defaults)",
+                );
+                return None;
+            }
+        };
+        let mut c = defaults::cache();
+        if let Some(Size(n)) = raw.max_size {
+            if n == 0 {
+                self.at_value(&p.key("max_size"), "max_size must be greater than zero");
+            }
+            c.max_size = n;
+        }
+        if let Some(Size(n)) = raw.max_entry_size {
+            if n == 0 {
+                self.at_value(
+                    &p.key("max_entry_size"),
+                    "max_entry_size must be greater than zero",
+                );
+            }
+            c.max_entry_size = n;
+        }
+        if c.max_entry_size > c.max_size {
+            let at = match raw.max_entry_size {
+                Some(_) => p.key("max_entry_size"),
+                None => p.key("max_size"),
+            };
+            self.at_value(
+                &at,
+                format!(
+                    "max_entry_size ({}) is larger than max_size ({}): no response that large could be kept",
+                    c.max_entry_size, c.max_size
+                ),
+            );
+        }
+        if let Some(d) = self.positive(raw.lock_timeout, &p.key("lock_timeout"), "lock_timeout") {
+            c.lock_timeout = d;
+        }
+        Some(c)
+    }
+}

@@ -236,6 +236,40 @@ impl Ctx<'_> {
         });
 
         let static_route = matches!(target, Some(RouteTarget::Static(_)));
+        let cache = raw.cache.and_then(|c| {
+            let cp = p.key("cache");
+            let c = match c {
+                RawRouteCache::Switch(false) => return None,
+                RawRouteCache::Switch(true) => RouteCache::default(),
+                RawRouteCache::Options(o) => RouteCache {
+                    authorized: o.authorized.unwrap_or(false),
+                    key_claim: o.key_claim,
+                },
+            };
+            if static_route {
+                self.at_key(
+                    &cp,
+                    "`cache` is for routes to an upstream: a static route's files are read from disk with their own ETag and Last-Modified",
+                );
+            }
+            if websocket.is_some() {
+                self.at_key(
+                    &cp,
+                    "a route with `websocket` limits is for WebSocket sessions, which are never cached: remove `cache` or give plain requests a route of their own",
+                );
+            }
+            if let Some(claim) = &c.key_claim {
+                if claim.is_empty() {
+                    self.at_value(&cp.key("key_claim"), "key_claim needs a claim name, e.g. sub");
+                } else if raw.auth.is_none() {
+                    self.at_value(
+                        &cp.key("key_claim"),
+                        format!("key_claim `{claim}` is read from a verified token: add `auth: POLICY` to this route"),
+                    );
+                }
+            }
+            Some(c)
+        });
         for (key, set) in [
             ("buffer_request", raw.buffer_request.is_some()),
             ("buffer_response", raw.buffer_response.is_some()),
@@ -275,6 +309,7 @@ impl Ctx<'_> {
                 &raw.compression,
                 Some(RawRouteCompression::Options(o)) if o.sse
             ),
+            cache,
             cors,
             websocket,
             buffer_request: raw.buffer_request.unwrap_or(true),

@@ -13,6 +13,7 @@ use http::{HeaderName, HeaderValue};
 use crate::cluster::SharedLimits;
 use crate::gate::router::{RouteEntry, Router, RouterError, Target};
 use crate::steps::auth::{self, AuthSlot, Revocations};
+use crate::steps::cache::Store;
 use crate::steps::static_files::StaticRoute;
 use crate::upstream::Upstream;
 
@@ -177,8 +178,23 @@ impl Gate {
             websockets_open: previous
                 .map(|p| p.websockets_open.clone())
                 .unwrap_or_else(|| Arc::new(AtomicUsize::new(0))),
+            cache: cache_store(cfg, previous),
         })
     }
+}
+
+/// The response cache, when a route uses it: the previous gate's (with its
+/// entries) while its settings are unchanged. A route's own `cache:` with
+/// no top-level section uses the defaults.
+fn cache_store(cfg: &Config, previous: Option<&Gate>) -> Option<Arc<Store>> {
+    if !cfg.routes.iter().any(|r| r.cache.is_some()) {
+        return None;
+    }
+    let conf = cfg.cache.clone().unwrap_or_default();
+    let kept = previous
+        .and_then(|p| p.cache.as_ref())
+        .filter(|s| s.conf == conf);
+    Some(kept.cloned().unwrap_or_else(|| Arc::new(Store::new(&conf))))
 }
 
 /// The headers the gate sets (X-Forwarded-*, X-Request-Id, claims) or
@@ -264,6 +280,7 @@ fn route_entry(
         limits_after_auth,
         auth,
         compression: crate::steps::compress::route_policy(cfg.compression.as_ref(), route),
+        cache: route.cache.clone(),
         websocket: route
             .websocket
             .as_ref()

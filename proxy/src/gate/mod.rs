@@ -56,6 +56,8 @@ pub struct Gate {
     pub shared_limits: Option<Arc<SharedLimits>>,
     /// WebSocket sessions currently relayed.
     pub websockets_open: Arc<AtomicUsize>,
+    /// The response cache, when some route has `cache:`.
+    pub cache: Option<Arc<crate::steps::cache::Store>>,
 }
 
 #[derive(Debug, thiserror::Error)]

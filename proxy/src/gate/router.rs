@@ -43,6 +43,8 @@ pub struct RouteEntry {
     pub auth: Option<Arc<AuthSlot>>,
     /// `None` when this route does not compress.
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// `None` when this route does not cache.
+    pub cache: Option<asgi_gate_config::RouteCache>,
     /// The route's `websocket:` limits, if it sets any.
     pub websocket: Option<Arc<crate::steps::websocket::Limits>>,
     /// `None` when the gate does not do CORS on this route.
@@ -201,6 +203,7 @@ mod tests {
             rate_limits: vec![],
             compression: None,
             compress_event_stream: false,
+            cache: None,
             cors: RouteCors::Inherit,
             websocket: None,
             buffer_request: true,
@@ -235,6 +238,7 @@ mod tests {
             limits_after_auth: vec![],
             auth: None,
             compression: None,
+            cache: None,
             websocket: None,
             cors: None,
             duration: None,
