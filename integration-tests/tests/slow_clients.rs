@@ -137,6 +137,25 @@ async fn connections_over_max_connections_per_ip_get_503() {
     assert!(hello_gets_through(g.addr, Duration::from_secs(5)).await);
 }
 
+/// A trusted proxy (an ingress, a load balancer) carries many clients'
+/// connections from one address: the per-IP cap does not apply to it.
+#[tokio::test]
+async fn a_trusted_proxy_is_not_held_to_max_connections_per_ip() {
+    let w = Worker::start().await;
+    let g = Gate::start(&config(
+        &w.sock,
+        "",
+        "limits: {max_connections_per_ip: 2}\ntrusted_proxies: [127.0.0.1/32]",
+    ))
+    .await;
+    let mut open = Vec::new();
+    for i in 0..6 {
+        let mut h = H1::connect(g.addr).await.unwrap();
+        assert_eq!(h.get("/hello").await.status, 200, "connection {i}");
+        open.push(h);
+    }
+}
+
 /// An h2 client opening many streams never holds more worker connections
 /// than max_concurrent_streams.
 #[tokio::test]

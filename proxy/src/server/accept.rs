@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asgi_gate_config::Limits;
+use asgi_gate_filters::forwarding;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncWriteExt, Interest};
@@ -45,11 +46,13 @@ struct ConnSlot {
 }
 
 impl OpenConns {
-    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Option<ConnSlot> {
+    /// `proxy`: the peer is a trusted proxy, which carries many clients'
+    /// connections (an ingress, a load balancer): only the total applies.
+    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits, proxy: bool) -> Option<ConnSlot> {
         let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let total: usize = TOTAL.load(std::sync::atomic::Ordering::Relaxed);
         let n = m.get(&ip).copied().unwrap_or(0);
-        if total >= limits.max_connections || n >= limits.max_connections_per_ip {
+        if total >= limits.max_connections || (!proxy && n >= limits.max_connections_per_ip) {
             return None;
         }
         m.insert(ip, n + 1);
@@ -133,11 +136,15 @@ pub(super) async fn accept_loop(
         let shared = shared.clone();
         // The settings current when the connection is accepted, for its
         // whole life.
-        let (builder, limits) = {
+        let (builder, limits, proxy) = {
             let gate = shared.current();
-            (settings.builder_for(&gate), gate.limits.clone())
+            let proxy = forwarding::is_trusted(
+                forwarding::canonical(peer.ip()),
+                &gate.trusted_proxies,
+            );
+            (settings.builder_for(&gate), gate.limits.clone(), proxy)
         };
-        let Some(slot) = open.admit(peer.ip(), &limits) else {
+        let Some(slot) = open.admit(peer.ip(), &limits, proxy) else {
             tracing::debug!(%peer, "over a connection cap; refused");
             tokio::spawn(refuse(stream, tls.is_some()));
             continue;
