@@ -23,8 +23,9 @@
 //!   making everyone wait for all of it. Nothing more is refused. Two
 //!   intervals without growth return to FIFO.
 //! - **Overload (shedding).** When the growth lasts [`OVERLOAD_INTERVALS`]
-//!   intervals (300 ms), arrivals outpace the workers and the queue could
-//!   only end in timeouts: the newest `Σ limit` waiters are kept and the
+//!   intervals (300 ms), or three (150 ms) with a queue that would take
+//!   more than [`OVERLOAD_WAIT`] (200 ms) to serve, arrivals outpace the
+//!   workers and the queue could only end in timeouts: the newest `Σ limit` waiters are kept and the
 //!   others refused, then at most `Σ limit` requests wait, in arrival order,
 //!   and the rest are refused on arrival, in microseconds. Every request
 //!   that waits is served, after about `Σ limit` completions, so no
@@ -67,6 +68,11 @@ const TRIAL_SPAN: Duration = Duration::from_secs(1);
 /// it shed; intervals without growth that turn it FIFO again.
 const LIFO_INTERVALS: u32 = 2;
 pub const OVERLOAD_INTERVALS: u32 = 6;
+/// Intervals of growth that make overload when the queue is also deep.
+const FAST_OVERLOAD_INTERVALS: u32 = 3;
+/// A queue this long to serve (at the pace of completions), still growing
+/// after [`FAST_OVERLOAD_INTERVALS`], is overload.
+pub const OVERLOAD_WAIT: Duration = Duration::from_millis(200);
 const QUIET_INTERVALS: u32 = 2;
 /// Least surplus of arrivals over completions in an interval that counts
 /// as growth: clients come and go by a few.
@@ -228,7 +234,7 @@ impl QueuePolicy {
         capacity: usize,
     ) -> Arrival {
         let capacity = capacity.max(1);
-        self.tick(now, oldest, capacity);
+        self.tick(now, waiting, oldest, capacity);
         let shed = if self.overloaded() {
             waiting >= capacity
         } else {
@@ -247,8 +253,9 @@ impl QueuePolicy {
         }
     }
 
-    /// Runs the growth test when an interval has passed.
-    pub fn tick(&mut self, now: u64, oldest: Option<u64>, capacity: usize) {
+    /// Runs the growth test when an interval has passed; `waiting` are
+    /// queued, the oldest since `oldest`.
+    pub fn tick(&mut self, now: u64, waiting: usize, oldest: Option<u64>, capacity: usize) {
         if now.saturating_sub(self.interval_start) < self.interval {
             return;
         }
@@ -274,9 +281,17 @@ impl QueuePolicy {
         } else {
             OVERLOAD_INTERVALS
         };
+        // A queue that grew for 150 ms and would take longer than
+        // OVERLOAD_WAIT to serve is overload already: a closed population
+        // that size would have stopped growing (clients connecting over
+        // 200 ms make 100 ms of queue), and the longer the test the larger
+        // the backlog refused late, or the sooner a load generator's
+        // connections all wait here and it turns into a closed population.
+        let deep = self.grew >= FAST_OVERLOAD_INTERVALS
+            && waiting as f64 * self.gap > nanos(OVERLOAD_WAIT) as f64;
         self.regime = match self.regime {
             Regime::Normal if self.grew >= LIFO_INTERVALS && standing => Regime::Lifo,
-            Regime::Lifo if self.grew >= overload_after && standing => {
+            Regime::Lifo if (self.grew >= overload_after || deep) && standing => {
                 if in_trial {
                     let max = nanos(OVERLOAD_MAX_BACKOFF);
                     self.overload_for = self.overload_for.saturating_mul(2).min(max);
@@ -370,7 +385,7 @@ mod tests {
             self.policy
                 .completed(now, Some(Duration::from_millis(2)), waiting, true);
             let oldest = self.queue.front().copied();
-            self.policy.tick(now, oldest, self.limit);
+            self.policy.tick(now, self.queue.len(), oldest, self.limit);
             if let Some((before, keep)) = self.policy.stale(now, self.limit) {
                 while self.queue.len() > keep || self.queue.front().is_some_and(|&t| t < before) {
                     if let Some(t) = self.queue.pop_front() {
@@ -452,14 +467,14 @@ mod tests {
         assert!(w <= 4 * service, "p99 wait {w}");
         assert!(sim.sheds > 2 * served - served / 10, "sheds {}", sim.sheds);
         // Refused after waiting: only the backlog when overload is found
-        // (at 300 ms) and 100 ms after each trial (at 2.3 s, 6.4 s, 14.5 s: the
+        // (at 150 ms) and 100 ms after each trial (at 2.15 s, 6.2 s, 14.3 s: the
         // time to the next doubles while the load stays open).
         let onsets: Vec<u64> = sim.late.iter().map(|&(at, _)| at / (100 * MS)).collect();
         let mut distinct = onsets.clone();
         distinct.dedup();
         assert_eq!(
             distinct,
-            vec![3, 24, 65, 146],
+            vec![1, 22, 63, 144],
             "late refusals at (100 ms) {distinct:?}"
         );
         assert!(
@@ -467,6 +482,20 @@ mod tests {
             "late {}",
             sim.late.len()
         );
+    }
+
+    #[test]
+    fn a_deep_growing_queue_is_overload_within_200_ms() {
+        // Three times what the worker completes: by 200 ms the queue holds
+        // 400 requests (200 ms of work); found by then, before an open-loop
+        // generator's connections all wait here and it becomes a closed
+        // population of its connection count.
+        let service = MS / 2;
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        sim.policy.completed(0, None, 1, true);
+        sim.policy.completed(service, None, 1, true);
+        open_loop(&mut sim, service / 3, service, 200 * MS);
+        assert!(sim.policy.overloaded(), "queue {}", sim.queue.len());
     }
 
     #[test]

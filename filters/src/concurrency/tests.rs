@@ -486,7 +486,7 @@ fn closed_population(clients: usize, end: u64, latency: impl Fn(usize) -> u64) -
         }
         // Dispatch.
         let cap = lim.steady_limit();
-        policy.tick(now, queue.front().copied(), cap);
+        policy.tick(now, queue.len(), queue.front().copied(), cap);
         if let Some((before, keep)) = policy.stale(now, cap) {
             let mut refused = false;
             while queue.len() > keep || queue.front().is_some_and(|&t| t < before) {

@@ -138,10 +138,8 @@ pub(super) async fn accept_loop(
         // whole life.
         let (builder, limits, proxy) = {
             let gate = shared.current();
-            let proxy = forwarding::is_trusted(
-                forwarding::canonical(peer.ip()),
-                &gate.trusted_proxies,
-            );
+            let proxy =
+                forwarding::is_trusted(forwarding::canonical(peer.ip()), &gate.trusted_proxies);
             (settings.builder_for(&gate), gate.limits.clone(), proxy)
         };
         let Some(slot) = open.admit(peer.ip(), &limits, proxy) else {

@@ -250,7 +250,8 @@ impl Admission {
     fn dispatch(self: &Arc<Self>, st: &mut State, now: u64) {
         let oldest = st.queue.front().map(|w| w.since);
         let capacity = st.capacity();
-        st.policy.tick(now, oldest, capacity);
+        let waiting = st.queue.len();
+        st.policy.tick(now, waiting, oldest, capacity);
         if let Some((before, keep)) = st.policy.stale(now, capacity) {
             let mut refused = false;
             while st.queue.len() > keep || st.queue.front().is_some_and(|w| w.since < before) {
