@@ -518,3 +518,30 @@ async fn poisoning_attempts_do_not_reach_other_clients() {
     assert_eq!(x_cache(&ranged), "BYPASS");
     assert_eq!(x_cache(&get(g.addr, "/cached/range").await), "MISS");
 }
+
+#[tokio::test]
+async fn a_get_with_a_body_neither_fills_nor_is_served_from_the_cache() {
+    let (w, g) = start(DEFAULT_CACHE).await;
+    // A "fat GET": the key does not hold the body, while the worker reads it.
+    let fat = req(Method::GET, g.addr, "/cached/fat")
+        .header("content-length", "4")
+        .body(Full::new(Bytes::from_static(b"evil")))
+        .unwrap();
+    let r = send_h1(g.addr, fat).await.unwrap();
+    assert_eq!(r.json()["body"], "evil");
+    assert_eq!(x_cache(&r), "BYPASS");
+    let clean = get(g.addr, "/cached/fat").await;
+    assert_eq!(x_cache(&clean), "MISS");
+    assert_eq!(clean.json()["body"], "");
+    // And a stored copy is not an answer to one either.
+    let fat = req(Method::GET, g.addr, "/cached/fat")
+        .header("content-length", "4")
+        .body(Full::new(Bytes::from_static(b"evil")))
+        .unwrap();
+    let r = send_h1(g.addr, fat).await.unwrap();
+    assert_eq!(
+        (x_cache(&r), r.json()["body"].as_str()),
+        ("BYPASS", Some("evil"))
+    );
+    assert_eq!(w.hits().await, 3);
+}

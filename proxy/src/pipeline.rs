@@ -251,6 +251,7 @@ async fn process(
             coding,
             claim: cache_id.as_ref().and_then(|id| id.key_claim.as_deref()),
             had_authorization,
+            has_body: !hyper::body::Body::is_end_stream(&body),
         };
         let lookup = Box::pin(cache_lookup(store, rc, &parts, key)).await;
         match lookup {
@@ -402,6 +403,7 @@ struct CacheKeyParts<'r> {
     coding: Option<&'r str>,
     claim: Option<&'r str>,
     had_authorization: bool,
+    has_body: bool,
 }
 
 /// Step 6's lookup (boxed by the caller: only caching routes carry it).
@@ -426,6 +428,7 @@ async fn cache_lookup(
         gate_compresses: key.gate_compresses,
         claim: key.claim,
         had_authorization: key.had_authorization,
+        has_body: key.has_body,
     };
     store.lookup(route, &req).await
 }

@@ -123,6 +123,7 @@ impl Fill {
             gate_compresses: false,
             claim: None,
             had_authorization: false,
+            has_body: false,
         };
         serve(stale, &req, Outcome::Stale, crate::clock::unix_now_ms())
     }

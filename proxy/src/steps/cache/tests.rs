@@ -129,6 +129,7 @@ async fn fill_and_read(store: &Arc<Store>, key: &[u8], body: usize) {
         gate_compresses: false,
         claim: None,
         had_authorization: false,
+        has_body: false,
     };
     let fill = Fill::new(store.clone(), key.to_vec(), &req, false, None, None);
     let resp = Response::builder()
