@@ -545,3 +545,29 @@ async fn a_get_with_a_body_neither_fills_nor_is_served_from_the_cache() {
     );
     assert_eq!(w.hits().await, 3);
 }
+
+#[tokio::test]
+async fn a_client_that_reads_slowly_does_not_hold_up_the_others() {
+    let (w, g) = start("  max_size: 64MiB\n  max_entry_size: 16MiB\n  lock_timeout: 5s\n").await;
+    // 8 MiB: far more than the gate's and the kernel's buffers hold.
+    let path = "/cached/slowreader?kib=8192";
+    // The first miss fills the key, and its client reads nothing.
+    let mut slow = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nhost: {}\r\n\r\n", g.addr);
+    tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(w.hits().await, 1);
+    // Another client is not made to wait for it (lock_timeout, 5 s).
+    let started = Instant::now();
+    let r = get(g.addr, path).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(w.hits().await, 1);
+    drop(slow);
+}

@@ -23,7 +23,7 @@
 //! misses wait up to `lock_timeout` for that fill (nginx's
 //! `proxy_cache_lock`), then look again and, still missing, go to the
 //! worker themselves. A fill that ends without storing (error, uncacheable
-//! response, client gone) wakes them at once.
+//! response, client gone before the answer) wakes them at once.
 
 mod fill;
 
