@@ -571,3 +571,20 @@ async fn a_client_that_reads_slowly_does_not_hold_up_the_others() {
     assert_eq!(w.hits().await, 1);
     drop(slow);
 }
+
+#[tokio::test]
+async fn a_head_in_the_stale_while_revalidate_window_refreshes_the_copy() {
+    let (w, g) = start(DEFAULT_CACHE).await;
+    let path = "/cached/swr-head?cc=max-age%3D1%2C%20stale-while-revalidate%3D30";
+    let first = get(g.addr, path).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let head = send_with(g.addr, Method::HEAD, path, &[("if-none-match", "\"x\"")]).await;
+    assert_eq!((head.status.as_u16(), x_cache(&head)), (200, "STALE"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.hits().await, 2, "one refresh");
+    // The refresh it started was stored.
+    let fresh = get(g.addr, path).await;
+    assert_eq!(x_cache(&fresh), "HIT");
+    assert_eq!(n(&fresh), n(&first) + 1);
+    assert_eq!(fresh.json()["if_none_match"], serde_json::Value::Null);
+}

@@ -103,6 +103,13 @@ impl Fill {
         })
     }
 
+    /// A background refresh sends a GET whatever found the stale copy, and
+    /// its answer is stored as one (a HEAD's would not be).
+    pub(super) fn refreshing(mut self: Box<Self>) -> Box<Self> {
+        self.method = Method::GET;
+        self
+    }
+
     /// The request that fills the cache asks for the whole response: the
     /// client's validators are answered from the stored copy afterwards.
     pub fn prepare(&self, headers: &mut HeaderMap) {

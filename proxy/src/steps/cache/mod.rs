@@ -402,6 +402,7 @@ impl Store {
                             Some(guard),
                             None,
                         )
+                        .refreshing()
                     });
                     let resp = serve(e, req, Outcome::Stale, now);
                     return Lookup::Served(resp, Outcome::Stale, refresh);
