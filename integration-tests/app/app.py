@@ -337,6 +337,7 @@ async def cached(
         "if_none_match": request.headers.get("if-none-match"),
         "host": request.headers.get("host"),
         "forwarded_host": request.headers.get("x-forwarded-host"),
+        "body": (await request.body()).decode("utf-8", "replace"),
         "pad": "x" * (max(kib, 0) * 1024),
     }
     return JSONResponse(body, status_code=status, headers=headers)

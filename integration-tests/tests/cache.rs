@@ -518,3 +518,73 @@ async fn poisoning_attempts_do_not_reach_other_clients() {
     assert_eq!(x_cache(&ranged), "BYPASS");
     assert_eq!(x_cache(&get(g.addr, "/cached/range").await), "MISS");
 }
+
+#[tokio::test]
+async fn a_get_with_a_body_neither_fills_nor_is_served_from_the_cache() {
+    let (w, g) = start(DEFAULT_CACHE).await;
+    // A "fat GET": the key does not hold the body, while the worker reads it.
+    let fat = req(Method::GET, g.addr, "/cached/fat")
+        .header("content-length", "4")
+        .body(Full::new(Bytes::from_static(b"evil")))
+        .unwrap();
+    let r = send_h1(g.addr, fat).await.unwrap();
+    assert_eq!(r.json()["body"], "evil");
+    assert_eq!(x_cache(&r), "BYPASS");
+    let clean = get(g.addr, "/cached/fat").await;
+    assert_eq!(x_cache(&clean), "MISS");
+    assert_eq!(clean.json()["body"], "");
+    // And a stored copy is not an answer to one either.
+    let fat = req(Method::GET, g.addr, "/cached/fat")
+        .header("content-length", "4")
+        .body(Full::new(Bytes::from_static(b"evil")))
+        .unwrap();
+    let r = send_h1(g.addr, fat).await.unwrap();
+    assert_eq!(
+        (x_cache(&r), r.json()["body"].as_str()),
+        ("BYPASS", Some("evil"))
+    );
+    assert_eq!(w.hits().await, 3);
+}
+
+#[tokio::test]
+async fn a_client_that_reads_slowly_does_not_hold_up_the_others() {
+    let (w, g) = start("  max_size: 64MiB\n  max_entry_size: 16MiB\n  lock_timeout: 5s\n").await;
+    // 8 MiB: far more than the gate's and the kernel's buffers hold.
+    let path = "/cached/slowreader?kib=8192";
+    // The first miss fills the key, and its client reads nothing.
+    let mut slow = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nhost: {}\r\n\r\n", g.addr);
+    tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(w.hits().await, 1);
+    // Another client is not made to wait for it (lock_timeout, 5 s).
+    let started = Instant::now();
+    let r = get(g.addr, path).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(w.hits().await, 1);
+    drop(slow);
+}
+
+#[tokio::test]
+async fn a_head_in_the_stale_while_revalidate_window_refreshes_the_copy() {
+    let (w, g) = start(DEFAULT_CACHE).await;
+    let path = "/cached/swr-head?cc=max-age%3D1%2C%20stale-while-revalidate%3D30";
+    let first = get(g.addr, path).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let head = send_with(g.addr, Method::HEAD, path, &[("if-none-match", "\"x\"")]).await;
+    assert_eq!((head.status.as_u16(), x_cache(&head)), (200, "STALE"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.hits().await, 2, "one refresh");
+    // The refresh it started was stored.
+    let fresh = get(g.addr, path).await;
+    assert_eq!(x_cache(&fresh), "HIT");
+    assert_eq!(n(&fresh), n(&first) + 1);
+    assert_eq!(fresh.json()["if_none_match"], serde_json::Value::Null);
+}

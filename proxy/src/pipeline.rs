@@ -251,6 +251,7 @@ async fn process(
             coding,
             claim: cache_id.as_ref().and_then(|id| id.key_claim.as_deref()),
             had_authorization,
+            has_body: !hyper::body::Body::is_end_stream(&body),
         };
         let lookup = Box::pin(cache_lookup(store, rc, &parts, key)).await;
         match lookup {
@@ -359,19 +360,15 @@ async fn process(
             stale
         }
         (Err(e), None) => return Err(e),
-        (Ok(mut resp), fill) => {
-            if let Some((policy, accepted)) = compression {
-                resp = Box::pin(compress::respond(policy, &method, accepted, resp)).await?;
+        (Ok(resp), fill) => match (compression, fill) {
+            (None, None) => resp,
+            (compression, fill) => {
+                let respond = compress_and_fill(compression, &method, resp, fill);
+                let (resp, outcome) = Box::pin(respond).await?;
+                cached = outcome.or(cached);
+                resp
             }
-            match fill {
-                Some(fill) => {
-                    let (resp, outcome) = fill.finish(resp);
-                    cached = Some(outcome);
-                    resp
-                }
-                None => resp,
-            }
-        }
+        },
     };
     if let Some(outcome) = cached {
         log.cache = Some(outcome.as_str());
@@ -385,6 +382,27 @@ async fn process(
         resp.headers_mut().extend(limit_headers);
     }
     Ok(resp)
+}
+
+/// Step 8's compression and the cache's copy (its body read ahead), one
+/// boxed future for both: each await of its own would grow every
+/// request's future.
+async fn compress_and_fill(
+    compression: Option<(&Arc<CompressionPolicy>, Option<Coding>)>,
+    method: &Method,
+    mut resp: Response<GateBody>,
+    fill: Option<Box<cache::Fill>>,
+) -> Result<(Response<GateBody>, Option<cache::Outcome>), Reject> {
+    if let Some((policy, accepted)) = compression {
+        resp = compress::respond(policy, method, accepted, resp).await?;
+    }
+    Ok(match fill {
+        Some(fill) => {
+            let (resp, outcome) = fill.finish(resp).await;
+            (resp, Some(outcome))
+        }
+        None => (resp, None),
+    })
 }
 
 /// What a caching route's key takes from earlier steps.
@@ -402,6 +420,7 @@ struct CacheKeyParts<'r> {
     coding: Option<&'r str>,
     claim: Option<&'r str>,
     had_authorization: bool,
+    has_body: bool,
 }
 
 /// Step 6's lookup (boxed by the caller: only caching routes carry it).
@@ -426,6 +445,7 @@ async fn cache_lookup(
         gate_compresses: key.gate_compresses,
         claim: key.claim,
         had_authorization: key.had_authorization,
+        has_body: key.has_body,
     };
     store.lookup(route, &req).await
 }
@@ -458,7 +478,7 @@ fn spawn_refresh(
             }
         }
         // Reading the body to its end is what stores it.
-        let (resp, _) = fill.finish(resp);
+        let (resp, _) = fill.finish(resp).await;
         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
     });
 }

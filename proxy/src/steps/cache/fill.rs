@@ -1,9 +1,12 @@
 //! A miss on its way: the key's fill lock (coalescing) and the body tee
-//! that stores the response while the client receives it. The client is
-//! never held up: bytes go on as they come; the copy kept for the store
-//! is dropped as soon as it passes `max_entry_size`, the body fails or
-//! the client goes away, and then the waiters are woken to ask the worker.
+//! that stores the response. A storable body is read from the worker at
+//! the worker's pace before its client is sent it (`ReadAhead`): were the
+//! copy built as the client reads, one slow reader would hold every waiter
+//! for `lock_timeout`. The copy is dropped as soon as it passes
+//! `max_entry_size` or the body fails, and then the waiters are woken to
+//! ask the worker.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::watch;
 
 use super::{serve, Entry, Outcome, Request, Store};
-use crate::body::{BoxError, GateBody};
+use crate::body::{BoxError, GateBody, Stall};
 
 /// The right to fill one key. Dropping it (stored or not) wakes the
 /// requests waiting for it: their `changed()` sees the sender gone.
@@ -100,6 +103,13 @@ impl Fill {
         })
     }
 
+    /// A background refresh sends a GET whatever found the stale copy, and
+    /// its answer is stored as one (a HEAD's would not be).
+    pub(super) fn refreshing(mut self: Box<Self>) -> Box<Self> {
+        self.method = Method::GET;
+        self
+    }
+
     /// The request that fills the cache asks for the whole response: the
     /// client's validators are answered from the stored copy afterwards.
     pub fn prepare(&self, headers: &mut HeaderMap) {
@@ -123,6 +133,7 @@ impl Fill {
             gate_compresses: false,
             claim: None,
             had_authorization: false,
+            has_body: false,
         };
         serve(stale, &req, Outcome::Stale, crate::clock::unix_now_ms())
     }
@@ -134,8 +145,12 @@ impl Fill {
     }
 
     /// The worker's response (after compression) on its way to the
-    /// client: surrogate keys removed, stored as it streams if it may be.
-    pub fn finish(self: Box<Self>, resp: Response<GateBody>) -> (Response<GateBody>, Outcome) {
+    /// client: surrogate keys removed, stored if it may be (its body read
+    /// first, up to `max_entry_size`).
+    pub async fn finish(
+        self: Box<Self>,
+        resp: Response<GateBody>,
+    ) -> (Response<GateBody>, Outcome) {
         let (mut parts, body) = resp.into_parts();
         let tags = policy::surrogate_keys(&parts.headers);
         policy::strip_surrogate_headers(&mut parts.headers);
@@ -195,9 +210,11 @@ impl Fill {
             limit,
             reserved,
             pending: Some(Box::new(pending)),
+            stored: None,
         };
+        let body = ReadAhead::read(tee).await;
         (
-            Response::from_parts(parts, GateBody::boxed(tee)),
+            Response::from_parts(parts, GateBody::boxed(body)),
             Outcome::Miss,
         )
     }
@@ -275,6 +292,8 @@ pin_project_lite::pin_project! {
         limit: u64,
         reserved: Reserved,
         pending: Option<Box<Pending>>,
+        // The body as stored: what the client is then sent (one copy).
+        stored: Option<Bytes>,
     }
 }
 
@@ -313,7 +332,9 @@ impl Body for Tee {
         }
         if r.is_none() || this.inner.is_end_stream() {
             if let Some(p) = this.pending.take() {
-                p.store(std::mem::take(this.buf).freeze());
+                let body = std::mem::take(this.buf).freeze();
+                *this.stored = Some(body.clone());
+                p.store(body);
             }
             this.reserved.release();
         }
@@ -326,5 +347,95 @@ impl Body for Tee {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A body whose first frames were read from the worker before its client
+/// asked for them: until the copy was stored or given up.
+struct ReadAhead {
+    ahead: VecDeque<Result<Frame<Bytes>, BoxError>>,
+    rest: Pin<Box<Tee>>,
+    /// The watched task's stall mark (`server::deadlines`): frames handed
+    /// from memory are progress too.
+    stall: Option<Arc<Stall>>,
+}
+
+impl ReadAhead {
+    async fn read(tee: Tee) -> ReadAhead {
+        let mut rest = Box::pin(tee);
+        let mut ahead = VecDeque::new();
+        while rest.pending.is_some() {
+            match std::future::poll_fn(|cx| rest.as_mut().poll_frame(cx)).await {
+                Some(frame) => ahead.push_back(frame),
+                None => break,
+            }
+        }
+        // Stored: its frames were all data, and the entry's bytes are them.
+        if let Some(body) = rest.as_mut().project().stored.take() {
+            ahead.clear();
+            if !body.is_empty() {
+                ahead.push_back(Ok(Frame::data(body)));
+            }
+        }
+        ReadAhead {
+            ahead,
+            rest,
+            stall: Stall::current(),
+        }
+    }
+}
+
+impl Body for ReadAhead {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(frame) = this.ahead.pop_front() {
+            if let Some(s) = &this.stall {
+                s.polled();
+                s.handed();
+            }
+            return Poll::Ready(Some(frame));
+        }
+        let r = ready!(this.rest.as_mut().poll_frame(cx));
+        if let (None, Some(s)) = (&r, &this.stall) {
+            s.polled();
+        }
+        Poll::Ready(r)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ahead.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let ahead: u64 = self
+            .ahead
+            .iter()
+            .filter_map(|f| f.as_ref().ok()?.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let rest = self.rest.size_hint();
+        match rest.exact() {
+            Some(n) => SizeHint::with_exact(n.saturating_add(ahead)),
+            None => {
+                let mut h = SizeHint::new();
+                h.set_lower(rest.lower().saturating_add(ahead));
+                h
+            }
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Not waiting for hyper any more (as `body::Held`).
+        if let Some(s) = &self.stall {
+            s.polled();
+        }
     }
 }

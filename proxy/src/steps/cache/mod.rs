@@ -23,7 +23,7 @@
 //! misses wait up to `lock_timeout` for that fill (nginx's
 //! `proxy_cache_lock`), then look again and, still missing, go to the
 //! worker themselves. A fill that ends without storing (error, uncacheable
-//! response, client gone) wakes them at once.
+//! response, client gone before the answer) wakes them at once.
 
 mod fill;
 
@@ -337,6 +337,9 @@ pub struct Request<'r> {
     pub claim: Option<&'r str>,
     /// The client sent `Authorization` (before the gate may strip it).
     pub had_authorization: bool,
+    /// The request has a body: the worker may read it, the key does not
+    /// hold it ("fat GET" poisoning).
+    pub has_body: bool,
 }
 
 /// The cache's answer before the worker is asked. Moved once, at once:
@@ -360,6 +363,7 @@ impl Store {
         // `had_authorization`: the gate may have removed the header by now.
         let bypass = policy::bypass(req.method, req.headers, route.authorized).is_some()
             || (req.had_authorization && !route.authorized)
+            || req.has_body
             // A key claim the token lacks: no key to keep it apart.
             || (route.key_claim.is_some() && req.claim.is_none())
             || policy::has_preconditions(req.headers);
@@ -398,6 +402,7 @@ impl Store {
                             Some(guard),
                             None,
                         )
+                        .refreshing()
                     });
                     let resp = serve(e, req, Outcome::Stale, now);
                     return Lookup::Served(resp, Outcome::Stale, refresh);

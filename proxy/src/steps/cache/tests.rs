@@ -129,13 +129,14 @@ async fn fill_and_read(store: &Arc<Store>, key: &[u8], body: usize) {
         gate_compresses: false,
         claim: None,
         had_authorization: false,
+        has_body: false,
     };
     let fill = Fill::new(store.clone(), key.to_vec(), &req, false, None, None);
     let resp = Response::builder()
         .header("cache-control", "max-age=60")
         .body(GateBody::full(vec![b'x'; body]))
         .unwrap();
-    let (resp, outcome) = fill.finish(resp);
+    let (resp, outcome) = fill.finish(resp).await;
     assert_eq!(outcome, Outcome::Miss);
     let got = http_body_util::BodyExt::collect(resp.into_body())
         .await
