@@ -369,7 +369,7 @@ struct OpenFile {
 struct FileBody {
     /// Here between reads; on the blocking thread during one.
     file: Option<File>,
-    reading: Option<tokio::task::JoinHandle<io::Result<(File, Vec<u8>)>>>,
+    reading: Option<tokio::task::JoinHandle<io::Result<Chunk>>>,
     remaining: u64,
 }
 
@@ -383,8 +383,11 @@ impl FileBody {
     }
 }
 
+/// The file back from a blocking read, and what was read.
+type Chunk = (File, Vec<u8>);
+
 /// Reads up to `want` bytes at the file's position.
-fn read_chunk(file: File, want: usize) -> io::Result<(File, Vec<u8>)> {
+fn read_chunk(file: File, want: usize) -> io::Result<Chunk> {
     let mut buf = Vec::with_capacity(want);
     // `read_to_end` fills the spare capacity without zeroing it first.
     io::Read::read_to_end(&mut io::Read::take(&file, want as u64), &mut buf)?;
