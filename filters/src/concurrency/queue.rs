@@ -31,14 +31,20 @@
 //!   that waits is served, after about `Σ limit` completions, so no
 //!   request is refused after waiting (a LIFO stack would bury its oldest
 //!   waiters until they went stale, and refuse them late). Overload returns
-//!   to LIFO after an interval without a refusal; or, as a trial, after
-//!   [`OVERLOAD_MAX`] (2 s) in any case: clients that resend the moment
-//!   they are refused (a closed population) would otherwise keep it on
-//!   while a queue would serve them all. An open load shows itself again
-//!   within two intervals of a trial and is refused as before; each trial
-//!   that ends that way doubles the time to the next (to
-//!   [`OVERLOAD_MAX_BACKOFF`]), since a trial lets a backlog build that is
-//!   then refused late. Only requests that join the queue count as
+//!   to LIFO after an interval without a refusal, or one in which no more
+//!   requests came (waiting or refused) than the workers completed: the
+//!   load fits again. A storm of resends is the one case that looks like
+//!   an open load and is not: clients that resend the moment they are
+//!   refused (a closed population) come back many times per completion
+//!   and keep the refusals going, while a queue would serve them all. So
+//!   when more than [`RESEND_STORM`] times as many requests come as the
+//!   workers complete, overload ends anyway after [`OVERLOAD_MAX`] (2 s),
+//!   as a trial. An open load shows itself again within two intervals of a
+//!   trial and is refused as before; each trial that ends that way doubles
+//!   the time to the next (to [`OVERLOAD_MAX_BACKOFF`]), since a trial
+//!   lets a backlog build that is then refused late. An open load below
+//!   that ratio never has a trial, so after its onset nothing is refused
+//!   late. Only requests that join the queue count as
 //!   arrivals, and requests that leave it unserved (cancelled, timed out,
 //!   refused) count as departures: a burst of requests cancelled while
 //!   queued, or shed clients resending, is not growth.
@@ -62,6 +68,10 @@ pub const STANDING_MIN: Duration = Duration::from_millis(50);
 pub const OVERLOAD_MAX: Duration = Duration::from_secs(2);
 /// The most that trials which find the load still open can stretch it to.
 pub const OVERLOAD_MAX_BACKOFF: Duration = Duration::from_secs(16);
+/// In overload, requests (waiting or refused) per completion above which
+/// the load may be clients resending as fast as they are refused, and a
+/// trial may look whether a queue would serve them.
+pub const RESEND_STORM: u64 = 8;
 /// Within this of a trial, a return to overload says the load was open.
 const TRIAL_SPAN: Duration = Duration::from_secs(1);
 /// Intervals of growth in a row that turn the queue LIFO, and that make
@@ -115,9 +125,13 @@ pub struct QueuePolicy {
     last_completion: Option<u64>,
     regime: Regime,
     interval_start: u64,
-    /// Requests that joined the queue, and completions, this interval.
+    /// Requests that joined the queue, that found no free slot (joined or
+    /// refused), and departures (completions and waiters that left
+    /// unserved), this interval; and completions alone.
     joined: u64,
+    offered: u64,
     completed: u64,
+    served: u64,
     /// Intervals in a row with growth, and without.
     grew: u32,
     quiet: u32,
@@ -151,7 +165,9 @@ impl QueuePolicy {
             regime: Regime::Normal,
             interval_start: now,
             joined: 0,
+            offered: 0,
             completed: 0,
+            served: 0,
             grew: 0,
             quiet: 0,
             shed_in_interval: false,
@@ -163,6 +179,7 @@ impl QueuePolicy {
     /// whether its worker's limit was settled ([`super::Limiter::settled`]).
     pub fn completed(&mut self, now: u64, rtt: Option<Duration>, waiting: usize, steady: bool) {
         self.completed += 1;
+        self.served += 1;
         // Only gaps between steady completions with requests waiting at
         // both ends. An idle spell before a burst says nothing about the
         // service rate (one such gap of 1 s once predicted a 61 s wait for
@@ -235,6 +252,7 @@ impl QueuePolicy {
     ) -> Arrival {
         let capacity = capacity.max(1);
         self.tick(now, waiting, oldest, capacity);
+        self.offered += 1;
         let shed = if self.overloaded() {
             waiting >= capacity
         } else {
@@ -300,13 +318,16 @@ impl QueuePolicy {
                 Regime::Overload { since: now }
             }
             Regime::Lifo if self.quiet >= QUIET_INTERVALS => Regime::Normal,
-            Regime::Overload { .. } if !self.shed_in_interval => {
+            Regime::Overload { .. } if !self.shed_in_interval || self.offered <= self.served => {
                 self.grew = 0;
                 self.quiet = 0;
                 self.overload_for = self.overload_max;
                 Regime::Lifo
             }
-            Regime::Overload { since } if now.saturating_sub(since) >= self.overload_for => {
+            Regime::Overload { since }
+                if now.saturating_sub(since) >= self.overload_for
+                    && self.offered > RESEND_STORM * self.served =>
+            {
                 self.grew = 0;
                 self.quiet = 0;
                 self.trial = Some(now);
@@ -319,7 +340,9 @@ impl QueuePolicy {
         }
         self.interval_start = now;
         self.joined = 0;
+        self.offered = 0;
         self.completed = 0;
+        self.served = 0;
         self.shed_in_interval = false;
     }
 
@@ -392,6 +415,7 @@ mod tests {
                         self.late.push((now, now - t));
                     }
                     self.sheds += 1;
+                    self.policy.left(1);
                     self.policy.refused();
                 }
             }
@@ -467,21 +491,67 @@ mod tests {
         assert!(w <= 4 * service, "p99 wait {w}");
         assert!(sim.sheds > 2 * served - served / 10, "sheds {}", sim.sheds);
         // Refused after waiting: only the backlog when overload is found
-        // (at 150 ms) and 100 ms after each trial (at 2.15 s, 6.2 s, 14.3 s: the
-        // time to the next doubles while the load stays open).
-        let onsets: Vec<u64> = sim.late.iter().map(|&(at, _)| at / (100 * MS)).collect();
-        let mut distinct = onsets.clone();
-        distinct.dedup();
-        assert_eq!(
-            distinct,
-            vec![1, 22, 63, 144],
-            "late refusals at (100 ms) {distinct:?}"
-        );
+        // (at 150 ms). Three times the completions is no resend storm, so
+        // no trial lets another backlog build.
+        assert_eq!(late_at(&sim), vec![1], "late refusals at (100 ms)");
         assert!(
-            sim.late.len() < sim.sheds * 6 / 100,
+            sim.late.len() < sim.sheds * 2 / 100,
             "late {}",
             sim.late.len()
         );
+    }
+
+    /// When requests were refused after waiting, in 100 ms steps.
+    fn late_at(sim: &Sim) -> Vec<u64> {
+        let mut at: Vec<u64> = sim.late.iter().map(|&(at, _)| at / (100 * MS)).collect();
+        at.dedup();
+        at
+    }
+
+    #[test]
+    fn a_load_that_could_be_resends_gets_trials_that_back_off() {
+        // Twelve times what the worker completes: as many requests per
+        // completion as clients resending when refused would make. Trials
+        // at 2.15 s, 6.2 s, 14.3 s (the time to the next doubles while the
+        // load stays open), each refusing 100 ms of backlog late.
+        let service = MS / 2;
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        open_loop(&mut sim, service / 12, service, 20_000 * MS);
+        assert!(sim.policy.overloaded());
+        assert_eq!(
+            late_at(&sim),
+            vec![1, 22, 63, 144],
+            "late refusals at (100 ms)"
+        );
+    }
+
+    #[test]
+    fn bursts_below_capacity_end_overload_without_a_trial() {
+        let service = MS / 2;
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        open_loop(&mut sim, service / 3, service, 1_000 * MS);
+        assert!(sim.policy.overloaded());
+        // Then 0.9 × what the worker completes, in bursts of 18 every 20
+        // completions: each burst overflows a queue of `limit`, so some
+        // are refused in every interval, but no more come than are done.
+        let start = 1_000 * MS;
+        let mut now = start;
+        let mut sheds_at = Vec::new();
+        while now < start + 1_000 * MS {
+            for i in 0..20 {
+                if i == 0 {
+                    for _ in 0..18 {
+                        sim.arrive(now);
+                    }
+                }
+                now += service;
+                sim.complete(now);
+            }
+            sheds_at.push(sim.sheds);
+        }
+        assert!(!sim.policy.overloaded(), "still overloaded at 0.9×");
+        // Refusals stopped within 200 ms (before any trial, due at 2 s).
+        assert_eq!(sheds_at[20], sheds_at[sheds_at.len() - 1], "{sheds_at:?}");
     }
 
     #[test]
