@@ -305,8 +305,15 @@ impl QueuePolicy {
         // 200 ms make 100 ms of queue), and the longer the test the larger
         // the backlog refused late, or the sooner a load generator's
         // connections all wait here and it turns into a closed population.
+        // The time to serve it at this interval's pace of completions: the
+        // average gap is learned only while the limit is settled, which a
+        // worker still climbing when the load arrives is not.
+        let pace = match self.served {
+            0 => self.gap,
+            n => now.saturating_sub(self.interval_start) as f64 / n as f64,
+        };
         let deep = self.grew >= FAST_OVERLOAD_INTERVALS
-            && waiting as f64 * self.gap > nanos(OVERLOAD_WAIT) as f64;
+            && waiting as f64 * pace > nanos(OVERLOAD_WAIT) as f64;
         self.regime = match self.regime {
             Regime::Normal if self.grew >= LIFO_INTERVALS && standing => Regime::Lifo,
             Regime::Lifo if (self.grew >= overload_after || deep) && standing => {
@@ -368,6 +375,8 @@ mod tests {
         /// Times waited by requests refused after waiting, with when.
         late: Vec<(u64, u64)>,
         limit: usize,
+        /// Whether completions come from a settled limit.
+        steady: bool,
     }
 
     impl Sim {
@@ -381,6 +390,7 @@ mod tests {
                 sheds: 0,
                 late: Vec::new(),
                 limit,
+                steady: true,
             }
         }
 
@@ -406,7 +416,7 @@ mod tests {
         fn complete(&mut self, now: u64) {
             let waiting = self.queue.len();
             self.policy
-                .completed(now, Some(Duration::from_millis(2)), waiting, true);
+                .completed(now, Some(Duration::from_millis(2)), waiting, self.steady);
             let oldest = self.queue.front().copied();
             self.policy.tick(now, self.queue.len(), oldest, self.limit);
             if let Some((before, keep)) = self.policy.stale(now, self.limit) {
@@ -564,6 +574,17 @@ mod tests {
         let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
         sim.policy.completed(0, None, 1, true);
         sim.policy.completed(service, None, 1, true);
+        open_loop(&mut sim, service / 3, service, 200 * MS);
+        assert!(sim.policy.overloaded(), "queue {}", sim.queue.len());
+    }
+
+    #[test]
+    fn a_deep_queue_is_overload_within_200_ms_while_the_limit_still_climbs() {
+        // As above, on a worker whose limit is not settled yet (no pace
+        // between completions learned): the interval's own pace tells.
+        let service = MS / 2;
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        sim.steady = false;
         open_loop(&mut sim, service / 3, service, 200 * MS);
         assert!(sim.policy.overloaded(), "queue {}", sim.queue.len());
     }
