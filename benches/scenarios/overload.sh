@@ -31,7 +31,7 @@ scenario_overload() {
     local path="${OVERLOAD_PATH:-/api/big}" loads="${OL_LOADS:-0.05 1 2 3}"
     LOAD_DESC="capacity: wrk -t$WRK_THREADS -c$CONNS -d$DURATION -H 'Accept-Encoding: gzip' http://127.0.0.1:PORT$path; then per load: benches/openloop.py --rate C×LOAD --duration $(dur_s "$DURATION") --max-conns $OL_MAX_CONNS --grace $OL_GRACE -H 'Accept-Encoding: gzip', loopback"
     DESC+=("GET $path (the app renders its 64 KiB JSON on every call) with \`Accept-Encoding: gzip\`, no JWT; one uvicorn worker on a Unix socket behind gate, gate_off, nginx and HAProxy (each compressing), a second one on TCP for direct (no compression)"
-        "open-loop generator: benches/openloop.py (asyncio + httptools, one process): requests due at even intervals, sent on an idle keep-alive connection or a new one (up to $OL_MAX_CONNS), else queued in the generator; latency from the time a request was due")
+        "open-loop generator: benches/openloop.py (asyncio + httptools, one process): requests due at even intervals, sent on an idle keep-alive connection or a new one (up to $OL_MAX_CONNS), else queued in the generator; latency from the time a request was due; $( ((${#OL_PRIO[@]})) && echo "run at real-time priority (${OL_PRIO[*]}), so that its own scheduling delays stay out of the latencies it measures" || echo "at normal priority (chrt not allowed here, or OL_RT=0): its own scheduling delays are in the latencies it measures")")
     set_headers "Accept-Encoding: gzip"
     start_uvicorn_uds app "$SOCK"
     local uds="$REPLY"
@@ -118,7 +118,7 @@ PY
         top_m="$(tr ' ' '\n' <<<"$loads" | sort -g | tail -n1)"
         OL_RATE="$(python3 -c "print(round($cap * $top_m, 1))")"
         local chk
-        chk="$(timeout -k 5 $(($(dur_s "$DURATION") + 60)) "$PYVENV/bin/python" "$BENCH_DIR/openloop.py" \
+        chk="$(timeout -k 5 $(($(dur_s "$DURATION") + 60)) "${OL_PRIO[@]}" "$PYVENV/bin/python" "$BENCH_DIR/openloop.py" \
             --port "$NGINX_PORT" --path /ol-static --rate "$OL_RATE" --duration "$(dur_s "$DURATION")" \
             --max-conns "$OL_MAX_CONNS" --grace "$OL_GRACE" | grep -m1 '^RESULT ' | cut -c8- || true)"
         if [[ -n "$chk" ]]; then
