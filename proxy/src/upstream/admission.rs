@@ -165,6 +165,7 @@ impl Admission {
             st.purge_front();
             if st.queue.is_empty() {
                 if let Some(worker) = self.take_slot(&mut st, now) {
+                    st.policy.direct();
                     let permit = self.permit(&st, worker, now);
                     drop(st);
                     return Ok((permit, Duration::ZERO));
