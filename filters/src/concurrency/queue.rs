@@ -47,7 +47,8 @@
 //!   refused (a closed population) come back many times per completion
 //!   and keep the refusals going, while a queue would serve them all. So
 //!   when more than [`RESEND_STORM`] times as many requests come as the
-//!   workers complete, overload ends anyway after [`OVERLOAD_MAX`] (2 s),
+//!   workers complete (over a second, so that a worker's pause is not read
+//!   as a storm), overload ends anyway after [`OVERLOAD_MAX`] (2 s),
 //!   as a trial. An open load shows itself again within two intervals of a
 //!   trial and is refused as before; each trial that ends that way doubles
 //!   the time to the next (to [`OVERLOAD_MAX_BACKOFF`]), since a trial
@@ -162,8 +163,10 @@ pub struct QueuePolicy {
     fit_served: u64,
     fit_refused: bool,
     fit_intervals: u32,
-    /// The overload's load is at least [`HEAVY`] times the completions.
+    /// The overload's load is at least [`HEAVY`] times the completions;
+    /// more than [`RESEND_STORM`] times (over the last fit window).
     heavy: bool,
+    storm: bool,
 }
 
 fn ewma(avg: f64, sample: f64) -> f64 {
@@ -220,6 +223,7 @@ impl QueuePolicy {
             fit_refused: false,
             fit_intervals: 0,
             heavy: false,
+            storm: false,
         }
     }
 
@@ -390,6 +394,7 @@ impl QueuePolicy {
                 self.fit_intervals = 0;
                 // Until a fit window has passed, judged by this interval.
                 self.heavy = self.offered >= HEAVY * self.served;
+                self.storm = false;
                 Regime::Overload { since: now }
             }
             Regime::Lifo if self.quiet >= QUIET_INTERVALS => Regime::Normal,
@@ -400,8 +405,7 @@ impl QueuePolicy {
                 Regime::Lifo
             }
             Regime::Overload { since }
-                if now.saturating_sub(since) >= self.overload_for
-                    && self.offered > RESEND_STORM * self.served =>
+                if now.saturating_sub(since) >= self.overload_for && self.storm =>
             {
                 self.grew = 0;
                 self.quiet = 0;
@@ -438,6 +442,10 @@ impl QueuePolicy {
         let fits =
             !self.fit_refused || self.fit_offered as f64 <= FIT_MARGIN * self.fit_served as f64;
         self.heavy = self.fit_offered >= HEAVY * self.fit_served;
+        // Weighed over the window, not one interval: a worker that stalls
+        // for an interval (a pause, a probe) completes next to nothing in
+        // it, and an open load at 3x would look like a storm of resends.
+        self.storm = self.fit_offered > RESEND_STORM * self.fit_served;
         self.fit_offered = 0;
         self.fit_served = 0;
         self.fit_refused = false;
@@ -609,6 +617,38 @@ mod tests {
         let mut at: Vec<u64> = sim.late.iter().map(|&(at, _)| at / (100 * MS)).collect();
         at.dedup();
         at
+    }
+
+    #[test]
+    fn a_worker_that_stalls_for_an_interval_is_no_resend_storm() {
+        // Three times what the worker completes, and the worker completes
+        // nothing from 5 s to 5.06 s (a pause): in that interval requests
+        // outnumber completions many times over, as resends would.
+        let service = MS / 2;
+        let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
+        let (mut next_arrival, mut next_done) = (0, service);
+        let end = 10_000 * MS;
+        while next_arrival < end {
+            if next_arrival <= next_done {
+                sim.arrive(next_arrival);
+                next_arrival += service / 3;
+            } else {
+                sim.complete(next_done);
+                next_done += service;
+                if (5_000 * MS..5_060 * MS).contains(&next_done) {
+                    next_done = 5_060 * MS;
+                }
+            }
+        }
+        assert!(sim.policy.overloaded());
+        // No trial: after the onset, only the one waiter the stall left
+        // standing is refused late, not a trial's backlog.
+        let after: Vec<_> = sim
+            .late
+            .iter()
+            .filter(|&&(at, _)| at > 1_000 * MS)
+            .collect();
+        assert!(after.len() <= 1, "refused late after the onset: {after:?}");
     }
 
     #[test]
