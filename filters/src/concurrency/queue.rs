@@ -128,6 +128,17 @@ enum Regime {
 /// After a trial: when it began, for [`TRIAL_SPAN`].
 type Trial = Option<u64>;
 
+/// In overload: requests that came (given a slot, waiting or refused),
+/// completions, whether any was refused, and intervals, summed over the
+/// current [`FIT_INTERVALS`].
+#[derive(Debug, Clone, Default)]
+struct FitWindow {
+    offered: u64,
+    served: u64,
+    refused: bool,
+    intervals: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct QueuePolicy {
     timeout: u64,
@@ -157,12 +168,7 @@ pub struct QueuePolicy {
     grew: u32,
     quiet: u32,
     shed_in_interval: bool,
-    /// In overload: requests that found no free slot, completions, and
-    /// intervals, summed over the current [`FIT_INTERVALS`].
-    fit_offered: u64,
-    fit_served: u64,
-    fit_refused: bool,
-    fit_intervals: u32,
+    fit: FitWindow,
     /// The overload's load is at least [`HEAVY`] times the completions;
     /// more than [`RESEND_STORM`] times (over the last fit window).
     heavy: bool,
@@ -218,10 +224,7 @@ impl QueuePolicy {
             grew: 0,
             quiet: 0,
             shed_in_interval: false,
-            fit_offered: 0,
-            fit_served: 0,
-            fit_refused: false,
-            fit_intervals: 0,
+            fit: FitWindow::default(),
             heavy: false,
             storm: false,
         }
@@ -388,10 +391,7 @@ impl QueuePolicy {
                     self.overload_for = self.overload_for.saturating_mul(2).min(max);
                     self.trial = None;
                 }
-                self.fit_offered = 0;
-                self.fit_served = 0;
-                self.fit_refused = false;
-                self.fit_intervals = 0;
+                self.fit = FitWindow::default();
                 // Until a fit window has passed, judged by this interval.
                 self.heavy = self.offered >= HEAVY * self.served;
                 self.storm = false;
@@ -432,24 +432,21 @@ impl QueuePolicy {
     /// interval in every few, and each such exit let a backlog build that
     /// was then refused late.
     fn fits(&mut self) -> bool {
-        self.fit_offered += self.offered;
-        self.fit_served += self.served;
-        self.fit_refused |= self.shed_in_interval;
-        self.fit_intervals += 1;
-        if self.fit_intervals < FIT_INTERVALS {
+        let w = &mut self.fit;
+        w.offered += self.offered;
+        w.served += self.served;
+        w.refused |= self.shed_in_interval;
+        w.intervals += 1;
+        if w.intervals < FIT_INTERVALS {
             return false;
         }
-        let fits =
-            !self.fit_refused || self.fit_offered as f64 <= FIT_MARGIN * self.fit_served as f64;
-        self.heavy = self.fit_offered >= HEAVY * self.fit_served;
+        let w = std::mem::take(&mut self.fit);
+        let fits = !w.refused || w.offered as f64 <= FIT_MARGIN * w.served as f64;
+        self.heavy = w.offered >= HEAVY * w.served;
         // Weighed over the window, not one interval: a worker that stalls
         // for an interval (a pause, a probe) completes next to nothing in
         // it, and an open load at 3x would look like a storm of resends.
-        self.storm = self.fit_offered > RESEND_STORM * self.fit_served;
-        self.fit_offered = 0;
-        self.fit_served = 0;
-        self.fit_refused = false;
-        self.fit_intervals = 0;
+        self.storm = w.offered > RESEND_STORM * w.served;
         fits
     }
 
@@ -543,6 +540,17 @@ mod tests {
     /// Open loop: arrivals every `gap` ns, completions every `service` ns,
     /// for `duration` ns.
     fn open_loop(sim: &mut Sim, gap: u64, service: u64, duration: u64) {
+        open_loop_stalled(sim, gap, service, duration, 0..0);
+    }
+
+    /// As [`open_loop`], with no completion due inside `stall`.
+    fn open_loop_stalled(
+        sim: &mut Sim,
+        gap: u64,
+        service: u64,
+        duration: u64,
+        stall: std::ops::Range<u64>,
+    ) {
         let (mut next_arrival, mut next_done) = (0, service);
         while next_arrival < duration || next_done < duration {
             if next_arrival <= next_done {
@@ -551,6 +559,9 @@ mod tests {
             } else {
                 sim.complete(next_done);
                 next_done += service;
+                if stall.contains(&next_done) {
+                    next_done = stall.end;
+                }
             }
         }
     }
@@ -626,20 +637,13 @@ mod tests {
         // outnumber completions many times over, as resends would.
         let service = MS / 2;
         let mut sim = Sim::new(Duration::from_secs(5), 4, Duration::from_millis(2));
-        let (mut next_arrival, mut next_done) = (0, service);
-        let end = 10_000 * MS;
-        while next_arrival < end {
-            if next_arrival <= next_done {
-                sim.arrive(next_arrival);
-                next_arrival += service / 3;
-            } else {
-                sim.complete(next_done);
-                next_done += service;
-                if (5_000 * MS..5_060 * MS).contains(&next_done) {
-                    next_done = 5_060 * MS;
-                }
-            }
-        }
+        open_loop_stalled(
+            &mut sim,
+            service / 3,
+            service,
+            10_000 * MS,
+            5_000 * MS..5_060 * MS,
+        );
         assert!(sim.policy.overloaded());
         // No trial: after the onset, only the one waiter the stall left
         // standing is refused late, not a trial's backlog.
