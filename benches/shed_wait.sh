@@ -15,7 +15,7 @@
 #
 # Needs root (bpftrace; Debian's package is installed when missing). Env:
 # OL_CAPACITY, LOAD (3), SEND_S (10 s of sending), TRACE_S (5 s traced in
-# the middle), GATE_BIN, OUT_DIR, OL_RT (1: generator at chrt -f 10, as the
+# the middle of each run), REPS (3), GATE_BIN, OUT_DIR, OL_RT (1: generator at chrt -f 10, as the
 # overload scenario), KEEP_TMP=1. Writes benches/results/shed_wait.md.
 set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,7 +28,8 @@ cd "$REPO"
 LOAD="${LOAD:-3}"
 SEND_S="${SEND_S:-10}"
 TRACE_S="${TRACE_S:-5}"
-COMMAND="${OL_CAPACITY:+OL_CAPACITY=$OL_CAPACITY }LOAD=$LOAD SEND_S=$SEND_S TRACE_S=$TRACE_S ${GATE_BIN_GIVEN:+GATE_BIN=$GATE_BIN_GIVEN }bash benches/shed_wait.sh"
+REPS="${REPS:-3}"
+COMMAND="${OL_CAPACITY:+OL_CAPACITY=$OL_CAPACITY }REPS=$REPS LOAD=$LOAD SEND_S=$SEND_S TRACE_S=$TRACE_S ${GATE_BIN_GIVEN:+GATE_BIN=$GATE_BIN_GIVEN }bash benches/shed_wait.sh"
 ((EUID == 0)) || die "bpftrace needs root"
 ensure_tools wrk:wrk curl:curl bpftrace:bpftrace
 ensure_gate
@@ -46,6 +47,7 @@ limits:
   max_connections_per_ip: 100000"
 
 cap="${OL_CAPACITY:-}"
+cap_how="given by OL_CAPACITY"
 if [[ -z "$cap" ]]; then
     gate_off_yaml "$TMP/sw/gate_off.yaml" "$top"
     start_gate gate_off "$GATE2_PORT" "$TMP/sw/gate_off.yaml"
@@ -56,7 +58,8 @@ if [[ -z "$cap" ]]; then
     kill_wait "$off_pid"
     forget_pid "$off_pid"
     [[ -n "$cap" ]] || die "no capacity from wrk"
-    log "capacity (wrk -c64 against gate_off): $cap req/s"
+    cap_how="wrk -t1 -c64 -d7s against gate_off, the same gate with \`concurrency: off\`"
+    log "capacity ($cap_how): $cap req/s"
 fi
 rate="$(python3 -c "print(round($cap * $LOAD, 1))")"
 
@@ -68,52 +71,68 @@ ol() {
         --port "$GATE_PORT" --path /api/big --rate "$2" --duration "$1" --max-conns "$OL_MAX_CONNS" \
         --grace "$OL_GRACE" -H 'Accept-Encoding: gzip'
 }
-# Warm-up at capacity: the limit learns the worker before the measured run.
-ol 3 "$cap" >/dev/null
-sleep 1
-ol "$SEND_S" "$rate" >"$TMP/sw/ol.txt" &
-ol_pid=$!
-sleep "$(python3 -c "print(max(1.0, ($SEND_S - $TRACE_S) / 2))")"
-# bpftrace wants a larger locked-memory limit than some containers allow;
-# it still runs where the kernel accounts BPF memory by cgroup.
-timeout -s INT "$TRACE_S" bpftrace "$BENCH_DIR/shed_wait.bt" "$gate_pid" >"$TMP/sw/bt.txt" 2>"$TMP/sw/bt.err" || true
-wait "$ol_pid" || die "openloop.py failed"
-grep -q '^@total_us' "$TMP/sw/bt.txt" || { cat "$TMP/sw/bt.err" >&2; die "bpftrace gave no histogram"; }
+for rep in $(seq "$REPS"); do
+    # Warm-up at capacity: the limit learns the worker before the measured run.
+    ol 3 "$cap" >/dev/null
+    sleep 1
+    ol "$SEND_S" "$rate" >"$TMP/sw/ol.$rep.txt" &
+    ol_pid=$!
+    sleep "$(python3 -c "print(max(1.0, ($SEND_S - $TRACE_S) / 2))")"
+    timeout -s INT "$TRACE_S" bpftrace "$BENCH_DIR/shed_wait.bt" "$gate_pid" >"$TMP/sw/bt.$rep.txt" 2>"$TMP/sw/bt.err" || true
+    wait "$ol_pid" || die "openloop.py failed"
+    grep -q '^@total_us' "$TMP/sw/bt.$rep.txt" || { cat "$TMP/sw/bt.err" >&2; die "bpftrace gave no histogram"; }
+    log "rep $rep of $REPS done"
+    sleep 2
+done
 
-python3 - "$TMP/sw/bt.txt" "$TMP/sw/ol.txt" "$OUT_DIR/shed_wait.md" <<PY
+python3 - "$TMP/sw" "$REPS" "$OUT_DIR/shed_wait.md" <<PY
 import json, re, sys
-bt, olf, out = sys.argv[1:4]
-hists, held, cur = {}, {}, None
-for line in open(bt):
-    s = line.strip()
-    m = re.match(r"@(\w+):\s*$", s)
-    if m:
-        cur = hists.setdefault(m.group(1), [])
-        continue
-    m = re.match(r"@held_by\[(.*)\]: (\d+)", s)
-    if m:
-        held[m.group(1)] = int(m.group(2))
-        continue
-    m = re.match(r"\[(\d+)(K?), (\d+)(K?)\)\s+(\d+)", s) or re.match(r"\[(\d+)(K?), \.\.\.\)\s+(\d+)", s)
-    if cur is not None and m:
-        g = m.groups()
-        lo = int(g[0]) * (1000 if g[1] == "K" else 1)
-        cur.append((lo, int(g[-1])))
+d, reps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+def parse(bt):
+    hists, held, cur = {}, {}, None
+    for line in open(bt):
+        s = line.strip()
+        m = re.match(r"@(\w+):\s*$", s)
+        if m:
+            cur = hists.setdefault(m.group(1), {})
+            continue
+        m = re.match(r"@held_by\[(.*)\]: (\d+)", s)
+        if m:
+            held[m.group(1)] = int(m.group(2))
+            continue
+        m = re.match(r"\[(\d+)(K?), (\d+)(K?)\)\s+(\d+)", s) or re.match(r"\[(\d+)(K?), \.\.\.\)\s+(\d+)", s)
+        if cur is not None and m:
+            g = m.groups()
+            lo = int(g[0]) * (1000 if g[1] == "K" else 1)
+            cur[lo] = cur.get(lo, 0) + int(g[-1])
+    return hists, held
+
 def pct(h, p):
-    n = sum(c for _, c in h)
+    n = sum(h.values())
     k = 0
-    for lo, c in h:
-        k += c
+    for lo in sorted(h):
+        k += h[lo]
         if k >= p / 100 * n:
             return lo
-def share_over(h, us):
-    n = sum(c for _, c in h)
-    return 100.0 * sum(c for lo, c in h if lo >= us) / max(1, n)
-res = json.loads(next(l for l in open(olf) if l.startswith("RESULT "))[7:])
-n = sum(c for _, c in hists["total_us"])
-rows = [("arrival → 503 written", "total_us"), ("of which the gate's thread was runnable, off every CPU", "off_cpu_us"), ("of which the gate was on a CPU", "on_cpu_us")]
-held_ms = sorted(((k, v / 1e6) for k, v in held.items()), key=lambda x: -x[1])
-total_wait = sum(v for _, v in held_ms)
+
+def over(h, us):
+    return 100.0 * sum(c for lo, c in h.items() if lo >= us) / max(1, sum(h.values()))
+
+KEYS = [("total_us", "arrival → 503 written"),
+        ("off_cpu_us", "the gate's thread runnable, off every CPU"),
+        ("on_cpu_us", "the gate on a CPU")]
+runs, all_h, all_held = [], {k: {} for k, _ in KEYS}, {}
+for r in range(1, reps + 1):
+    h, held = parse(f"{d}/bt.{r}.txt")
+    res = json.loads(next(l for l in open(f"{d}/ol.{r}.txt") if l.startswith("RESULT "))[7:])
+    runs.append((h, held, res))
+    for k, _ in KEYS:
+        for lo, c in h.get(k, {}).items():
+            all_h[k][lo] = all_h[k].get(lo, 0) + c
+    for t, ns in held.items():
+        all_held[t] = all_held.get(t, 0) + ns
+
 with open(out, "w") as f:
     w = lambda s="": f.write(s + "\n")
     w("# Where a shed's time goes: the gate's side of a 503 at ${LOAD}× capacity")
@@ -122,23 +141,30 @@ with open(out, "w") as f:
     w("- date: $META_DATE")
     w("- commit: $META_COMMIT")
     w("- command: \`$COMMAND\`")
-    w(f"- load: benches/openloop.py ${OL_PRIO[*]:+under ${OL_PRIO[*]} }at {res['rate']} req/s (${LOAD}× capacity $cap req/s) for ${SEND_S} s against the gate (threads: 1, gzip level $GZIP_LEVEL, defaults: the adaptive limit on), GET /api/big with Accept-Encoding: gzip; one uvicorn worker on a Unix socket; bpftrace (benches/shed_wait.bt) on the gate for ${TRACE_S} s in the middle")
-    w(f"- the generator's figures for the whole run: {res['shed']} sheds, p50 / p99 from send {res['shed_sent_p50_ms']} / {res['shed_sent_p99_ms']} ms (after the first second: p99 {res['steady_shed_sent_p99_ms']} ms); goodput {res['goodput_rps']} req/s; generator CPU {res['client_cpu_s']} s")
+    w(f"- load: ${REPS} runs of benches/openloop.py ${OL_PRIO[*]:+under ${OL_PRIO[*]} }at {runs[0][2]['rate']} req/s (${LOAD}× capacity, $cap req/s: $cap_how) for ${SEND_S} s against the gate (threads: 1, gzip level $GZIP_LEVEL, defaults: the adaptive limit on), GET /api/big with Accept-Encoding: gzip, each after 3 s at capacity; one uvicorn worker on a Unix socket; bpftrace (benches/shed_wait.bt) on the gate for ${TRACE_S} s in the middle of each run")
+    w("- per 503 the gate wrote: from its request reaching the gate's socket to the 503 leaving it, in µs, split into the time the gate's thread was runnable but off every CPU and the time it ran; 50 µs buckets, a figure is its bucket's lower bound")
     w()
-    w(f"Per 503 traced ({n}), in µs (50 µs buckets: a figure is its bucket's lower bound):")
+    w("| run | 503s traced | arrival → 503 p50 / p99 µs | ≥ 1 ms | off CPU p99 µs | on CPU p99 µs | gate runnable, off CPU, ms per s | the generator's shed p99 from send after the first 1 s, ms | goodput req/s |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for i, (h, held, res) in enumerate(runs, 1):
+        t = h.get("total_us", {})
+        w(f"| {i} | {sum(t.values())} | {pct(t, 50)} / {pct(t, 99)} | {over(t, 1000):.1f}% | {pct(h.get('off_cpu_us', {}), 99)} | {pct(h.get('on_cpu_us', {}), 99)} | {sum(held.values()) / 1e6 / ${TRACE_S}:.0f} | {res['steady_shed_sent_p99_ms']} | {res['goodput_rps']} |")
     w()
-    w("| part | p50 | p90 | p99 | share ≥ 1 ms |")
+    w("All runs together:")
+    w()
+    w("| part | p50 µs | p90 µs | p99 µs | share ≥ 1 ms |")
     w("| --- | --- | --- | --- | --- |")
-    for label, key in rows:
-        h = hists.get(key, [])
-        w(f"| {label} | {pct(h, 50)} | {pct(h, 90)} | {pct(h, 99)} | {share_over(h, 1000):.1f}% |")
+    for k, label in KEYS:
+        h = all_h[k]
+        w(f"| {label} | {pct(h, 50)} | {pct(h, 90)} | {pct(h, 99)} | {over(h, 1000):.1f}% |")
     w()
-    w(f"While the gate's thread was runnable but off the CPU ({total_wait:.0f} ms in the ${TRACE_S} s traced), the CPU was held by:")
+    total = sum(all_held.values()) or 1
+    w("While the gate's thread was runnable but off the CPU, the CPU was held by (the generator is the \`python\` process, the worker \`uvicorn\`):")
     w()
-    w("| task | ms | share |")
-    w("| --- | --- | --- |")
-    for k, v in held_ms[:6]:
-        w(f"| {k} | {v:.0f} | {100 * v / max(1e-9, total_wait):.0f}% |")
+    w("| task | share of that time |")
+    w("| --- | --- |")
+    for t, ns in sorted(all_held.items(), key=lambda x: -x[1])[:5]:
+        w(f"| {t} | {100 * ns / total:.0f}% |")
 print(open(out).read())
 PY
 log "wrote ${OUT_DIR#"$REPO"/}/shed_wait.md"
