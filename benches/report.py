@@ -6,7 +6,7 @@ unexpected_status expected_rejections client_ticks front_ticks worker_ticks
 rss_front_end_kb rss_front_peak_kb rss_worker_kb n_front_pids [p999_ms
 gate_shed gate_limit] (p999_ms -1 when the client gives none; gate_shed: the
 gate's own 503 sheds during the run from its /metrics, -1 for other fronts;
-gate_limit: its adaptive limit min/median/max sampled every 0.25 s, or -).
+gate_limit: its adaptive limit min/median/max sampled every second, or -).
 
 A run is valid when it answered something, had no socket error and no
 unexpected status (non-2xx, or for a rejection front anything but the expected
