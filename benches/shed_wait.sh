@@ -46,11 +46,8 @@ mkdir -p "$OUT_DIR" "$TMP/sw"
 SOCK="$TMP/app.sock"
 start_uvicorn_uds app "$SOCK"
 uv_pid="$REPLY"
-top="compression:
-  algorithms: [gzip]
-  levels: { gzip: $GZIP_LEVEL }
-limits:
-  max_connections_per_ip: 100000"
+overload_top
+top="$REPLY"
 
 cap="${OL_CAPACITY:-}"
 cap_how="given by OL_CAPACITY"

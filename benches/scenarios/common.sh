@@ -34,6 +34,17 @@ $routes
 YAML
 }
 
+# overload_top: the top-level YAML of the overload scenario's gates (gzip at
+# GZIP_LEVEL; every connection comes from 127.0.0.1, above the per-IP cap of
+# 256), shared with benches/shed_wait.sh, which traces the same gate.
+overload_top() {
+    REPLY="compression:
+  algorithms: [gzip]
+  levels: { gzip: $GZIP_LEVEL }
+limits:
+  max_connections_per_ip: 100000"
+}
+
 # The `gate_off` fronts: the same gate with the adaptive concurrency limit off
 # (issue 17), i.e. today's static behaviour, only pool.max_connections. The
 # only place that says how: the lines it adds under upstreams.app. A build

@@ -35,12 +35,8 @@ scenario_overload() {
     set_headers "Accept-Encoding: gzip"
     start_uvicorn_uds app "$SOCK"
     local uds="$REPLY"
-    # Every connection comes from 127.0.0.1: above the gate's per-IP cap (256).
-    local top="compression:
-  algorithms: [gzip]
-  levels: { gzip: $GZIP_LEVEL }
-limits:
-  max_connections_per_ip: 100000"
+    overload_top
+    local top="$REPLY"
     if want gate; then
         gate_yaml "$TMP/overload/gate.yaml" "$GATE_PORT" "$ADMIN_PORT" "$top"
         try_gate gate "$GATE_PORT" "$TMP/overload/gate.yaml" &&
