@@ -15,7 +15,8 @@
 # benches/results/<scenario>.{csv,md} (overload also overload_openloop.csv); at
 # the end benches/results/ratios.png charts every ratio of every scenario's CSV.
 # Fronts: gate (the default config: the adaptive concurrency limit on),
-# gate_off (GATE_OFF_UPSTREAM under the upstream: `concurrency: off`), nginx,
+# gate_off (GATE_OFF_UPSTREAM under the upstream: `concurrency: off`),
+# gate_floor (offload: `concurrency: { min_work: 5ms }`, the limit with a floor), nginx,
 # haproxy (Debian's, nbthread 1, http-reuse always), hyper (the stack's floor),
 # stack (app_stack.py), direct (uvicorn on TCP). Closed-loop load: wrk, h2load
 # (h2c), ws_client.py; open loop (overload): benches/openloop.py, not h2load

@@ -5,8 +5,9 @@
 # reached directly vs direct uvicorn without any compression (the ceiling);
 # nginx (gzip 6 only: nginx-light has no JWT) and HAProxy (gzip with Debian's
 # libslz, no JWT check configured) as the peers; gate_off = the same gate with
-# the adaptive concurrency limit off (today's gate, issue 17). p99 and p99.9
-# per front (p99.9 from report.lua's done() hook).
+# the adaptive concurrency limit off (today's gate, issue 17); gate_floor =
+# the limit with a floor of 5 ms of work per worker (`min_work: 5ms`). p99
+# and p99.9 per front (p99.9 from report.lua's done() hook).
 scenario_offload() {
     TITLE="64 KiB JSON with gzip and a JWT: gate + plain app vs the Python middleware stack"
     start_uvicorn_uds app "$SOCK"
@@ -22,7 +23,7 @@ scenario_offload() {
     DESC+=("every front gets the same request: GET $path (the app's 64 KiB JSON), \`Accept-Encoding: gzip\`, a valid HS256 JWT (exp a year ahead); rate limits far above the load")
     set_headers "Accept-Encoding: gzip" "Authorization: Bearer $JWT_TOKEN"
     local routes top
-    if want gate || want gate_off; then
+    if want gate || want gate_off || want gate_floor; then
         routes="  - path: /api/{*rest}
     upstream: app
     auth: default
@@ -60,6 +61,12 @@ compression:
         if try_gate gate_off "$GATE2_PORT" "$TMP/offload/gate_off.yaml"; then
             add_front gate_off wrk "http://127.0.0.1:$GATE2_PORT$path" 2xx "$REPLY" "$uds" "$GATE_OFF_DESC: JWT, per-IP limit and gzip as \`gate\`"
             expect_answer gate_off "http://127.0.0.1:$GATE2_PORT$path" 200 "content-encoding: gzip" -H "Accept-Encoding: gzip" -H "Authorization: Bearer $JWT_TOKEN" || true
+        fi
+    fi
+    if want gate_floor; then
+        gate_yaml "$TMP/offload/gate_floor.yaml" "$GATE3_PORT" "$ADMIN3_PORT" "$top" "$routes" "" "concurrency: { min_work: 5ms }"
+        if try_gate gate_floor "$GATE3_PORT" "$TMP/offload/gate_floor.yaml"; then
+            add_front gate_floor wrk "http://127.0.0.1:$GATE3_PORT$path" 2xx "$REPLY" "$uds" "the same gate with \`concurrency: { min_work: 5ms }\`: the adaptive limit with a floor of 5 ms of work per worker (off by default); JWT, per-IP limit and gzip as \`gate\`"
         fi
     fi
     if want stack; then
@@ -125,6 +132,8 @@ compression:
         "-|gate|stack|p99_ms|<|1|gate / stack p99 (below every peer)|17"
         "-|gate|gate_off|rps|>=|0.97|gate / gate_off req/s (throughput kept with the limit on)|17"
         "-|gate|gate_off|p99_ms|||gate / gate_off p99 (context)"
+        "-|gate_floor|gate|rps|||gate_floor / gate req/s (context: the limit's floor)"
+        "-|gate_floor|gate|p99_ms|||gate_floor / gate p99 (context: the limit's floor)"
         "-|gate|direct|p999_ms|||gate / direct uvicorn p99.9 (context)"
         "-|gate|direct|rps|||gate / direct-without-compression req/s (context)"
         "-|direct|stack|rps|||direct-without-compression / stack req/s (the ceiling)"

@@ -122,12 +122,16 @@ pub fn upstream(sockets: Vec<PathBuf>) -> Upstream {
 /// Longest wait in an upstream's queue (`concurrency.queue_timeout`).
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Least work a worker holds while requests wait (`concurrency.min_work`).
+pub const CONCURRENCY_MIN_WORK: Duration = Duration::ZERO;
+
 /// The adaptive limit's default bounds for a pool of `max_connections`.
 pub fn concurrency(max_connections: usize) -> Concurrency {
     Concurrency {
         min: 1,
         max: max_connections,
         queue_timeout: QUEUE_TIMEOUT,
+        min_work: CONCURRENCY_MIN_WORK,
     }
 }
 

@@ -81,7 +81,7 @@ impl<'de> Deserialize<'de> for RawConcurrency {
         impl<'de> Visitor<'de> for V {
             type Value = RawConcurrency;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("off, on, or { min, max, queue_timeout }")
+                f.write_str("off, on, or { min, max, queue_timeout, min_work }")
             }
             fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
                 Ok(RawConcurrency::Switch(b))
@@ -108,6 +108,7 @@ pub struct RawConcurrencyOptions {
     pub min: Option<usize>,
     pub max: Option<usize>,
     pub queue_timeout: Option<Dur>,
+    pub min_work: Option<Dur>,
 }
 
 #[derive(Debug, DeriveDeserialize)]

@@ -87,6 +87,9 @@ pub struct Concurrency {
     pub max: usize,
     /// default 5s: longest wait in the gate's queue before a 503
     pub queue_timeout: Duration,
+    /// default 0 (off): least work a worker holds while requests wait (the
+    /// limit is at least the requests it completes in that time)
+    pub min_work: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -943,3 +943,26 @@ routes:
     assert!(errs[2].2.contains("add `auth: POLICY`"));
     assert!(errs[3].2.contains("unknown key `ttl`"));
 }
+
+#[test]
+fn concurrency_min_work_is_off_by_default_and_takes_a_duration() {
+    let c = load_with(MINIMAL, LoadOptions::default()).unwrap();
+    let conc = c.upstreams["app"].concurrency.as_ref().unwrap();
+    assert_eq!(conc.min_work, Duration::ZERO);
+    for (value, want) in [("0", Duration::ZERO), ("5ms", Duration::from_millis(5))] {
+        let text = MINIMAL.replace(
+            "    sockets: [/run/app.sock]\n",
+            &format!("    sockets: [/run/app.sock]\n    concurrency: {{ min_work: {value} }}\n"),
+        );
+        let c = load_with(&text, LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.upstreams["app"].concurrency.as_ref().unwrap().min_work,
+            want
+        );
+    }
+    let text = MINIMAL.replace(
+        "    sockets: [/run/app.sock]\n",
+        "    sockets: [/run/app.sock]\n    concurrency: { min_work: soon }\n",
+    );
+    one_error(&text, 6, 30, "invalid duration");
+}

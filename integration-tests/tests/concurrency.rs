@@ -95,6 +95,20 @@ async fn a_cpu_bound_endpoint_under_64_clients_has_few_requests_inside_the_worke
 }
 
 #[tokio::test]
+async fn min_work_sets_how_much_work_the_worker_holds() {
+    let _one = LOAD.lock().await;
+    // /cpu?ms=2 completes at most 500 requests a second: 50 ms of work is
+    // about 25 of them, where the default 5 ms keeps fewer than 16 inside.
+    let (held, ok, other) =
+        in_worker_under_load("concurrency: { min_work: 50ms }", "/cpu?ms=2").await;
+    assert_eq!(other, 0, "every request answered 2xx ({ok} ok)");
+    assert!(
+        held >= 16,
+        "{held} requests inside the worker at once with min_work: 50ms"
+    );
+}
+
+#[tokio::test]
 async fn an_io_bound_endpoint_is_not_throttled() {
     let _one = LOAD.lock().await;
     let (adaptive, ok, other) = in_worker_under_load("", "/slow?ms=20").await;

@@ -194,6 +194,9 @@ impl Ctx<'_> {
         if let Some(d) = self.positive(o.queue_timeout, &p.key("queue_timeout"), "queue_timeout") {
             c.queue_timeout = d;
         }
+        if let Some(d) = o.min_work {
+            c.min_work = d.0;
+        }
         Some(c)
     }
 }

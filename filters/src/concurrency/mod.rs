@@ -42,15 +42,34 @@
 //!   window opened count, so every sample was sent under the current limit.
 //!   At the end of a window, with `sample_rtt` its median:
 //!   `gradient = clamp(tolerance × min_rtt / sample_rtt, 0.5, 2)` and
-//!   `limit = clamp(limit × gradient + √limit, min_limit, max_limit)`.
+//!   `limit = clamp(limit × gradient + √limit, floor, max_limit)`.
 //!   (No Gradient2-style smoothing: measured in the simulation below, a 0.2
 //!   smoothing took a CPU-bound worker 4.5 s instead of 0.8 s to settle and
 //!   doubled its p99.)
 //!   An increase is skipped when the window never had `limit / 2` requests in
 //!   flight: an idle worker's latency says nothing about a higher limit
 //!   (Gradient2's rule), so the limit does not drift to `max_limit` while idle.
+//! - **floor** (off by default). With `min_work` set, the limit between
+//!   probes is at least the number of requests the worker completes in
+//!   `min_work` at the pace of the last window:
+//!   `floor = ceil(completions × min_work / window length)`, within
+//!   `min_limit..=max_limit`. The gradient alone settles a CPU-bound worker
+//!   at about 4 requests (below), a few service times of work, and the
+//!   worker's next request is only sent when the gate's thread has read a
+//!   response: whenever that thread waits longer than the work the worker
+//!   holds (for a CPU, on a busy machine), the worker idles while requests
+//!   wait (in the simulation, 3 ms stalls every 10 ms cost the gradient
+//!   alone 15 % of the throughput and a 5 ms floor nothing). The pace, not
+//!   the min RTT, sizes the floor: a probe's uncontended latency includes
+//!   the gate's own turn-around, so `min_work / min_rtt` comes out too low.
+//!   A worker that becomes slower lowers its floor within a window. Why not
+//!   on by default: measured on a 0.7 ms endpoint with 2 cores, a 5 ms floor
+//!   (about 8 requests instead of 4–5) gained 1–2 % throughput, in a closed
+//!   loop and at 3× overload, and cost about 5 ms of served p99 at 3×
+//!   overload (benches/README.md, "The limit's floor").
 //! - **drops.** A [`Outcome::Dropped`] (timeout, connection error, 503)
-//!   multiplies the limit by `drop_backoff` at once, as AIMD does, and
+//!   multiplies the limit by `drop_backoff` at once, as AIMD does (the
+//!   floor comes down with it until a window's successes set it again), and
 //!   restarts the window, so that latencies of requests sent under the old
 //!   limit do not undo the cut.
 //!
@@ -90,7 +109,7 @@ pub const WINDOW_CAP: usize = 128;
 pub const MIN_WINDOW_SAMPLES: usize = 4;
 /// Most samples a min-RTT probe takes.
 pub const PROBE_CAP: usize = 32;
-/// Windows in a row at `min_limit` that start a probe early.
+/// Windows in a row at the lower bound (see `close_window`) that start a probe early.
 const WINDOWS_AT_MIN_BEFORE_PROBE: u32 = 5;
 const MIN_GRADIENT: f64 = 0.5;
 /// Most doublings of `probe_interval` while probes find the same min RTT
@@ -126,6 +145,11 @@ pub struct Params {
     pub tolerance: f64,
     /// Factor applied to the limit on each dropped request (default 0.9).
     pub drop_backoff: f64,
+    /// Least work the worker holds while requests wait, in time: between
+    /// probes the limit is at least the requests it completes in
+    /// `min_work` (default zero: the gradient alone). See the module
+    /// docs, "floor".
+    pub min_work: Duration,
     /// Seed of the probe jitter; give each worker its own.
     pub seed: u64,
 }
@@ -143,6 +167,7 @@ impl Default for Params {
             sample_window: Duration::from_millis(100),
             tolerance: 1.5,
             drop_backoff: 0.9,
+            min_work: Duration::ZERO,
             seed: 0x9E37_79B9_7F4A_7C15,
         }
     }
@@ -188,6 +213,7 @@ pub struct Limiter {
     sample_window: u64,
     tolerance: f64,
     drop_backoff: f64,
+    min_work: u64,
     rng: u64,
     /// Probes that measured something; the first is followed by a second
     /// after at most 1 s (a worker's first requests are its slowest).
@@ -205,7 +231,11 @@ pub struct Limiter {
     /// capacity is not found yet.
     rising: bool,
 
+    /// See [`Limiter::floor`]; set when a window closes.
+    floor: usize,
     window_start: u64,
+    /// Successful completions since `window_start` (sent before it or not).
+    window_done: u64,
     window_max_in_flight: usize,
     window_len: usize,
     window: [u64; WINDOW_CAP],
@@ -250,6 +280,7 @@ impl Limiter {
                     0.9
                 }
             },
+            min_work: nanos(params.min_work),
             // xorshift needs a non-zero state.
             rng: params.seed | 1,
             measured: 0,
@@ -261,7 +292,9 @@ impl Limiter {
             windows_at_min: 0,
             stable_probes: 0,
             rising: true,
+            floor: min_limit,
             window_start: now,
+            window_done: 0,
             window_max_in_flight: 0,
             window_len: 0,
             window: [0; WINDOW_CAP],
@@ -276,7 +309,7 @@ impl Limiter {
     pub fn limit(&self) -> usize {
         match self.phase {
             Phase::Probe { .. } => self.min_limit,
-            Phase::Gradient { .. } => (self.limit as usize).clamp(self.min_limit, self.max_limit),
+            Phase::Gradient { .. } => (self.limit as usize).clamp(self.floor(), self.max_limit),
         }
     }
 
@@ -288,7 +321,7 @@ impl Limiter {
     pub fn steady_limit(&self) -> usize {
         match self.phase {
             Phase::Probe { saved_limit, .. } => {
-                (saved_limit as usize).clamp(self.min_limit, self.max_limit)
+                (saved_limit as usize).clamp(self.floor(), self.max_limit)
             }
             Phase::Gradient { .. } => self.limit(),
         }
@@ -301,6 +334,12 @@ impl Limiter {
     /// workers complete fewer requests than they soon will.
     pub fn settled(&self) -> bool {
         !self.probing() && self.min_rtt.is_some() && !self.rising
+    }
+
+    /// The least limit between probes: the requests the worker completed
+    /// in `min_work` at the last window's pace, within `min_limit..=max_limit`.
+    pub fn floor(&self) -> usize {
+        self.floor
     }
 
     /// Requests admitted and not yet released.
@@ -359,6 +398,9 @@ impl Limiter {
                 }
             }
             Phase::Gradient { .. } => {
+                if outcome == Outcome::Success {
+                    self.window_done += 1;
+                }
                 if outcome == Outcome::Success
                     && sent >= self.window_start
                     && self.window_len < WINDOW_CAP
@@ -400,16 +442,21 @@ impl Limiter {
     /// its samples were sent under the old limit and would undo the cut.
     fn back_off(&mut self, now: u64) {
         let min = self.min_limit as f64;
-        match &mut self.phase {
+        let cut = match &mut self.phase {
             Phase::Probe { saved_limit, .. } => {
-                *saved_limit = (*saved_limit * self.drop_backoff).max(min)
+                *saved_limit = (*saved_limit * self.drop_backoff).max(min);
+                *saved_limit
             }
             Phase::Gradient { .. } => {
                 self.limit = (self.limit * self.drop_backoff).max(min);
                 self.rising = false;
                 self.reset_window(now);
+                self.limit
             }
-        }
+        };
+        // The floor keeps a worker that answers busy; one that fails gets
+        // the cut, and the next window's pace of successes sets the floor.
+        self.floor = self.floor.min(cut as usize).max(self.min_limit);
     }
 
     fn start_probe(&mut self, now: u64) {
@@ -444,7 +491,7 @@ impl Limiter {
             // Never measured (requests slower than a probe): no basis for
             // a limit, so none but the pool's, as with `concurrency: off`.
             self.limit = if self.min_rtt.is_some() {
-                saved_limit
+                saved_limit.max(self.floor() as f64)
             } else {
                 self.max_limit as f64
             };
@@ -475,6 +522,12 @@ impl Limiter {
 
     fn close_window(&mut self, now: u64) {
         let sample_rtt = median(&mut self.window[..self.window_len]);
+        let elapsed = now.saturating_sub(self.window_start).max(1);
+        let in_min_work =
+            (self.window_done as u128 * self.min_work as u128).div_ceil(elapsed as u128);
+        self.floor = usize::try_from(in_min_work)
+            .unwrap_or(usize::MAX)
+            .clamp(self.min_limit, self.max_limit);
         if let Some(min_rtt) = self.min_rtt {
             let gradient = if sample_rtt == 0 {
                 MAX_GRADIENT
@@ -486,7 +539,7 @@ impl Limiter {
             let before = self.limit;
             if gradient < 1.0 || !app_limited {
                 let next = self.limit * gradient + self.limit.sqrt();
-                self.limit = next.clamp(self.min_limit as f64, self.max_limit as f64);
+                self.limit = next.clamp(self.floor() as f64, self.max_limit as f64);
             }
             self.rising = self.limit > before && self.limit < self.max_limit as f64;
         }
@@ -504,6 +557,7 @@ impl Limiter {
 
     fn reset_window(&mut self, now: u64) {
         self.window_start = now;
+        self.window_done = 0;
         self.window_len = 0;
         self.window_max_in_flight = self.in_flight;
     }

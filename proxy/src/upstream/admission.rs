@@ -122,6 +122,7 @@ impl Admission {
                 let params = Params {
                     min_limit: conf.min,
                     max_limit: conf.max,
+                    min_work: conf.min_work,
                     // Each worker its own probe schedule.
                     seed: 0x9E37_79B9_7F4A_7C15
                         ^ (i as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
