@@ -109,7 +109,7 @@ pub const WINDOW_CAP: usize = 128;
 pub const MIN_WINDOW_SAMPLES: usize = 4;
 /// Most samples a min-RTT probe takes.
 pub const PROBE_CAP: usize = 32;
-/// Windows in a row at the lower bound (see `close_window`) that start a probe early.
+/// Windows in a row at `min_limit` that start a probe early.
 const WINDOWS_AT_MIN_BEFORE_PROBE: u32 = 5;
 const MIN_GRADIENT: f64 = 0.5;
 /// Most doublings of `probe_interval` while probes find the same min RTT
