@@ -98,7 +98,8 @@ async fn a_cpu_bound_endpoint_under_64_clients_has_few_requests_inside_the_worke
 async fn min_work_sets_how_much_work_the_worker_holds() {
     let _one = LOAD.lock().await;
     // /cpu?ms=2 completes at most 500 requests a second: 50 ms of work is
-    // about 25 of them, where the default 5 ms keeps fewer than 16 inside.
+    // about 25 of them, where the default (no floor) keeps fewer than 16
+    // inside (the test above).
     let (held, ok, other) =
         in_worker_under_load("concurrency: { min_work: 50ms }", "/cpu?ms=2").await;
     assert_eq!(other, 0, "every request answered 2xx ({ok} ok)");

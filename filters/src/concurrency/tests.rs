@@ -311,22 +311,22 @@ fn concurrency_floor_follows_a_worker_that_became_slower() {
         cpu: if now < change { MS / 2 } else { 5 * MS },
     };
     let mut lim = Limiter::new(floor_5ms(), 0);
-    let mut at_ten = 0;
+    let mut before = 0;
     let mut down_at = None;
     simulate(Some(&mut lim), 64, 25 * S, 0, model, |now, l| {
         if now < change {
-            at_ten = l.limit();
+            before = l.limit();
         } else if down_at.is_none() && !l.probing() && l.limit() <= 6 {
             down_at = Some(now);
         }
     });
     eprintln!(
-        "slower worker: limit {at_ten} before, ≤ 6 {:?} ms after the change, final {}, min RTT {:?}",
+        "slower worker: limit {before} before, ≤ 6 {:?} ms after the change, final {}, min RTT {:?}",
         down_at.map(|t| (t - change) / MS),
         lim.limit(),
         lim.min_rtt()
     );
-    assert_eq!(at_ten, 10);
+    assert_eq!(before, 10);
     assert!(down_at.is_some_and(|t| t < change + 2 * S), "{down_at:?}");
 }
 
